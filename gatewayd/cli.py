@@ -1,0 +1,132 @@
+"""``gatewayd run | check-config | migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from gatewayd.config import Config, effective
+from gatewayd.errors import ConfigError, GatewayError
+from gatewayd.log import configure_logging
+
+DEFAULT_CONFIG = Path("gatewayd.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatewayd", description="Multi-tenant WhatsApp gateway daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", type=Path, help="TOML config (default: ./gatewayd.toml if present)")
+    run.add_argument("--whatsapp", choices=["neonize", "sim"], help="override whatsapp.mode")
+
+    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
+    check.add_argument("path", type=Path)
+
+    migrate = sub.add_parser("migrate", help="apply or revert database migrations")
+    migrate.add_argument("--config", type=Path)
+    migrate.add_argument("action", choices=["up", "down", "status"])
+    migrate.add_argument("steps", nargs="?", type=int, help="up: target version; down: how many (default 1)")
+    return parser
+
+
+def _load(path: Path | None) -> tuple[Config, Path | None]:
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is None:
+        return Config.from_mapping({}, os.environ), None
+    return Config.from_toml(path, os.environ), path
+
+
+def _print_errors(errors: Sequence[str]) -> None:
+    print("configuration errors:", file=sys.stderr)
+    for error in errors:
+        print(f"  {error}", file=sys.stderr)
+
+
+def cmd_check_config(path: Path) -> int:
+    try:
+        config = Config.from_toml(path, os.environ)
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return 2
+    print(json.dumps(effective(config), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd.nursery.supervisor import run_gateway
+
+    try:
+        config, path = _load(args.config)
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return 2
+    if args.whatsapp:
+        config = attrs.evolve(config, whatsapp=attrs.evolve(config.whatsapp, mode=args.whatsapp))
+    configure_logging(config.log.level, config.log.format)
+    try:
+        trio.run(lambda: run_gateway(config, config_path=path))
+    except GatewayError as exc:
+        print(f"gatewayd: {exc.message}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 130
+        raise
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gatewayd.nursery.supervisor import open_store
+    from gatewayd.store.migrations import migrate_down, migrate_up, migration_status
+
+    try:
+        config, _ = _load(args.config)
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return 2
+    configure_logging(config.log.level, config.log.format, stream=sys.stderr)
+
+    async def main() -> None:
+        async with open_store(config) as db:
+            if args.action == "up":
+                for m in await migrate_up(db, target=args.steps):
+                    print(f"applied {m}")
+            elif args.action == "down":
+                for m in await migrate_down(db, steps=args.steps or 1):
+                    print(f"reverted {m}")
+            for status in await migration_status(db):
+                state = status.applied_at.isoformat() if status.applied_at else "pending"
+                print(f"{status.version:03d} {status.name:<30} {state}")
+
+    try:
+        trio.run(main)
+    except GatewayError as exc:
+        print(f"gatewayd: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return cmd_check_config(args.path)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "migrate":
+        return cmd_migrate(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The whole configuration: frozen attrs classes, strict TOML loading, environment
+overrides, and the diff used on reload.
+
+One TOML file (``gatewayd.toml`` is the documented example with every key and its
+default) is structured by a strict cattrs converter: an unknown key or a value of
+the wrong type is an error that names the key. Every key can be overridden from the
+environment as ``GATEWAYD_<SECTION>_<KEY>``; the deployed service's variable names
+(``PORT``, ``DB_URL``, …) are honoured too, below the ``GATEWAYD_`` ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+import cattrs
+
+from gatewayd.errors import ConfigError
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+
+def _secret() -> Any:
+    return {"secret": True}
+
+
+def _live() -> Any:
+    return {"live": True}
+
+
+def _restart() -> Any:
+    return {"restart": True}
+
+
+@attrs.frozen
+class ServerConfig:
+    #: Address to listen on. Loopback by default: expose it on purpose.
+    host: str = attrs.field(default="127.0.0.1", metadata=_restart())
+    port: int = attrs.field(default=3000, metadata=_restart())
+    #: Public base URL used in links the daemon hands out.
+    base_url: str = attrs.field(default="", metadata=_live())
+    #: Origins allowed by CORS; empty means no cross-origin access.
+    cors_origins: list[str] = attrs.field(factory=list, metadata=_live())
+    #: Largest request body accepted, in bytes (base64 media needs ~1.37x the media size).
+    body_limit: int = attrs.field(default=16 * 1024 * 1024, metadata=_live())
+    #: Seconds in-flight requests get to finish on SIGTERM/SIGINT.
+    shutdown_grace: float = attrs.field(default=10.0, metadata=_live())
+    #: When set, the open /sessions* routes require `Authorization: Bearer <admin_token>`.
+    admin_token: str = attrs.field(default="", metadata={**_secret(), "live": True})
+
+
+@attrs.frozen
+class DatabaseConfig:
+    #: PostgreSQL URL. Empty: start the embedded PostgreSQL in ``data_dir``.
+    url: str = attrs.field(default="", metadata={**_secret(), "restart": True})
+    #: Where the embedded PostgreSQL (and other daemon state) lives.
+    data_dir: str = attrs.field(default="./data", metadata=_restart())
+    #: Port of the embedded PostgreSQL on 127.0.0.1; 0 picks a free one.
+    embedded_port: int = attrs.field(default=0, metadata=_restart())
+    pool_min: int = attrs.field(default=1, metadata=_restart())
+    pool_max: int = attrs.field(default=10, metadata=_restart())
+    connect_timeout: float = attrs.field(default=10.0, metadata=_restart())
+    #: Apply pending migrations at start.
+    migrate_on_start: bool = attrs.field(default=True, metadata=_restart())
+    #: Table holding users' API keys; in the deployed setup another system owns it.
+    api_keys_table: str = attrs.field(default="api_keys", metadata=_restart())
+    #: Seconds the /health database check may take.
+    health_timeout: float = attrs.field(default=2.0, metadata=_live())
+
+
+@attrs.frozen
+class LogConfig:
+    level: LogLevel = attrs.field(default="info", metadata=_live())
+    #: json, console, or auto (console when stdout is a TTY).
+    format: Literal["auto", "json", "console"] = attrs.field(default="auto", metadata=_live())
+
+
+@attrs.frozen
+class WhatsAppConfig:
+    #: neonize (real WhatsApp) or sim (the simulated network, with the /_sim/ control API).
+    mode: Literal["neonize", "sim"] = attrs.field(default="neonize", metadata=_restart())
+    #: Where device data lives (the deployed service's WWEBJS_AUTH_DIR).
+    device_dir: str = attrs.field(default="./data/devices", metadata=_restart())
+    #: Country code put in front of a number written with a leading 0.
+    default_country_code: str = attrs.field(default="62", metadata=_live())
+
+
+@attrs.frozen
+class AIConfig:
+    #: Base URL of the AI backend (the deployed service's AI_BACKEND_URL).
+    backend_url: str = attrs.field(default="", metadata=_live())
+    #: Seconds an AI call may take.
+    timeout: float = attrs.field(default=60.0, metadata=_live())
+
+
+@attrs.frozen
+class MediaConfig:
+    #: Where media previews are kept (the deployed service's TEMP_DIR).
+    temp_dir: str = attrs.field(default="/tmp/wwebjs", metadata=_live())
+    #: Largest media accepted, in bytes.
+    max_bytes: int = attrs.field(default=10 * 1024 * 1024, metadata=_live())
+    #: Previews older than this many seconds are deleted by the cleanup timer.
+    preview_ttl: float = attrs.field(default=24 * 3600.0, metadata=_live())
+    #: Seconds between two runs of the cleanup timer.
+    cleanup_interval: float = attrs.field(default=30 * 60.0, metadata=_live())
+    #: Allow media URLs that resolve to loopback/private/link-local addresses.
+    allow_private_urls: bool = attrs.field(default=False, metadata=_live())
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    database: DatabaseConfig = attrs.field(factory=DatabaseConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    whatsapp: WhatsAppConfig = attrs.field(factory=WhatsAppConfig)
+    ai: AIConfig = attrs.field(factory=AIConfig)
+    media: MediaConfig = attrs.field(factory=MediaConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+        """Load ``path`` strictly; then apply overrides from ``environ`` when given.
+
+        Raises ConfigError listing every problem, each naming its key.
+        """
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: file not found"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+        return cls.from_mapping(raw, environ)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+        errors: list[str] = []
+        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+        if environ is not None:
+            errors.extend(_apply_environ(data, environ))
+        config = _structure(data, errors)
+        if config is not None:
+            errors.extend(_check_values(config))
+        if errors:
+            raise ConfigError(errors)
+        assert config is not None
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Strict structuring
+
+
+def _strict_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+    def want(tp: type, names: str) -> Any:
+        def hook(value: Any, _: Any) -> Any:
+            # bool is an int subclass; never accept it where a number is meant.
+            if isinstance(value, bool) and tp is not bool:
+                raise TypeError(f"expected {names}, got bool")
+            if tp is float and isinstance(value, int):
+                return float(value)
+            if not isinstance(value, tp):
+                raise TypeError(f"expected {names}, got {type(value).__name__}")
+            return value
+
+        return hook
+
+    conv.register_structure_hook(int, want(int, "int"))
+    conv.register_structure_hook(float, want(float, "float"))
+    conv.register_structure_hook(str, want(str, "str"))
+    conv.register_structure_hook(bool, want(bool, "bool"))
+    return conv
+
+
+_CONVERTER = _strict_converter()
+
+
+def _structure(data: Mapping[str, Any], errors: list[str]) -> Config | None:
+    try:
+        return _CONVERTER.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        errors.extend(_flatten_errors(exc, ""))
+        return None
+
+
+def _flatten_errors(exc: BaseException, path: str) -> Iterator[str]:
+    """Turn cattrs' exception groups into 'section.key: message' lines."""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            yield f"{_join(path, key)}: unknown key"
+        return
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            note = _note_key(sub)
+            yield from _flatten_errors(sub, _join(path, note) if note else path)
+        return
+    yield f"{path or '(root)'}: {_leaf_message(exc)}"
+
+
+def _leaf_message(exc: BaseException) -> str:
+    message = str(exc)
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    literal = re.search(r"(\S+) not in literal typing\.Literal\[(.*)\]", message)
+    if literal:
+        allowed = ", ".join(part.strip(" '") for part in literal.group(2).split(","))
+        return f"expected one of {allowed}, got {literal.group(1)!r}"
+    if message.startswith("expected"):
+        return message
+    if "not iterable" in message or "has no attribute" in message:
+        return "expected a table"
+    return f"invalid value ({message})"
+
+
+def _note_key(exc: BaseException) -> str | None:
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, cattrs.AttributeValidationNote):
+            return note.name
+        if isinstance(note, cattrs.IterableValidationNote):
+            return f"[{note.index}]"
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    if key.startswith("["):
+        return f"{path}{key}"
+    return f"{path}.{key}" if path else key
+
+
+def _check_values(config: Config) -> Iterator[str]:
+    """Range and format rules the types cannot express."""
+    s, d = config.server, config.database
+    if not 0 <= s.port <= 65535:
+        yield f"server.port: expected 0..65535, got {s.port}"
+    if s.body_limit < 1024:
+        yield f"server.body_limit: expected at least 1024 bytes, got {s.body_limit}"
+    if s.shutdown_grace < 0:
+        yield f"server.shutdown_grace: expected >= 0, got {s.shutdown_grace}"
+    for origin in s.cors_origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            yield f"server.cors_origins: {origin!r} is not an origin like https://app.example.com"
+    if not 0 <= d.embedded_port <= 65535:
+        yield f"database.embedded_port: expected 0..65535, got {d.embedded_port}"
+    if d.pool_min < 1 or d.pool_max < d.pool_min:
+        yield f"database.pool_min/pool_max: expected 1 <= pool_min <= pool_max, got {d.pool_min}/{d.pool_max}"
+    if d.url and not d.url.startswith(("postgresql://", "postgres://")):
+        yield "database.url: expected a postgresql:// URL"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", d.api_keys_table):
+        yield f"database.api_keys_table: {d.api_keys_table!r} is not a table name (schema.table allowed)"
+    if not re.fullmatch(r"[1-9][0-9]{0,3}", config.whatsapp.default_country_code):
+        yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
+
+
+# ---------------------------------------------------------------------------
+# Environment overrides
+
+#: The deployed service's variable names → our keys. ``GATEWAYD_*`` wins over these.
+LEGACY_ENV: dict[str, str] = {
+    "PORT": "server.port",
+    "APP_BASE_URL": "server.base_url",
+    "CORS_ORIGINS": "server.cors_origins",
+    "AI_BACKEND_URL": "ai.backend_url",
+    "TEMP_DIR": "media.temp_dir",
+    "WWEBJS_AUTH_DIR": "whatsapp.device_dir",
+    "DB_URL": "database.url",
+    "LOG_LEVEL": "log.level",
+}
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in attrs.fields(Config)}  # type: ignore[misc]
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    return {f.name: f.type for f in attrs.fields(section_cls)}
+
+
+def _apply_environ(data: dict[str, Any], environ: Mapping[str, str]) -> Iterator[str]:
+    attrs.resolve_types(Config)
+    overrides: dict[str, tuple[str, str]] = {}
+    for name, key in LEGACY_ENV.items():
+        if name in environ:
+            overrides[key] = (name, environ[name])
+    for section, section_cls in _sections().items():
+        attrs.resolve_types(section_cls)
+        for key in _field_types(section_cls):
+            name = f"GATEWAYD_{section}_{key}".upper()
+            if name in environ:
+                overrides[f"{section}.{key}"] = (name, environ[name])
+    for dotted, (name, text) in overrides.items():
+        section, key = dotted.split(".", 1)
+        section_cls = _sections().get(section)
+        if section_cls is None:
+            continue  # a legacy name for a section this build does not have
+        tp = _field_types(section_cls)[key]
+        try:
+            value = _parse_env(text, tp)
+        except ValueError as exc:
+            yield f"{dotted}: {exc} (from ${name})"
+            continue
+        target = data.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = value
+
+
+def _parse_env(text: str, tp: Any) -> Any:
+    origin = get_origin(tp)
+    if tp is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected bool (true/false), got {text!r}")
+    if tp is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected int, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected float, got {text!r}") from None
+    if origin is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+# ---------------------------------------------------------------------------
+# Reload support
+
+
+@attrs.frozen
+class Change:
+    key: str
+    old: Any
+    new: Any
+    #: True when the running daemon can apply it; False when it needs a restart.
+    live: bool
+    secret: bool
+
+
+def flatten(config: Config) -> dict[str, tuple[Any, attrs.Attribute[Any]]]:
+    out: dict[str, tuple[Any, attrs.Attribute[Any]]] = {}
+    for section in attrs.fields(Config):
+        section_value = getattr(config, section.name)
+        for field in attrs.fields(type(section_value)):
+            out[f"{section.name}.{field.name}"] = (getattr(section_value, field.name), field)
+    return out
+
+
+def diff(old: Config, new: Config) -> list[Change]:
+    """The keys whose values differ, in declaration order. Pure."""
+    before, after = flatten(old), flatten(new)
+    changes = []
+    for key, (new_value, field) in after.items():
+        old_value = before[key][0]
+        if old_value != new_value:
+            changes.append(
+                Change(
+                    key=key,
+                    old=old_value,
+                    new=new_value,
+                    live=not field.metadata.get("restart", False),
+                    secret=bool(field.metadata.get("secret", False)),
+                )
+            )
+    return changes
+
+
+def merge_live(old: Config, new: Config) -> Config:
+    """``new`` with every restart-only key kept at its ``old`` value."""
+    sections = {}
+    for section in attrs.fields(Config):
+        new_section = getattr(new, section.name)
+        old_section = getattr(old, section.name)
+        kept = {
+            f.name: getattr(old_section, f.name)
+            for f in attrs.fields(type(new_section))
+            if f.metadata.get("restart", False)
+        }
+        sections[section.name] = attrs.evolve(new_section, **kept)
+    return Config(**sections)
+
+
+def mask(key: str, value: Any, *, secret: bool) -> Any:
+    """What may be shown of a value: secrets are masked, URLs lose their password."""
+    if not secret or value in ("", None):
+        return value
+    if isinstance(value, str) and "://" in value:
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value) if "@" in value else value
+    return "***"
+
+
+def effective(config: Config) -> dict[str, dict[str, Any]]:
+    """The config as a nested dict with secrets masked (for check-config and logs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, (value, field) in flatten(config).items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = mask(key, value, secret=bool(field.metadata.get("secret")))
+    return out

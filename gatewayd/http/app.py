@@ -1,0 +1,88 @@
+"""The Starlette application factory and the hypercorn task that serves it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from gatewayd.errors import InvalidPayload
+from gatewayd.http import middleware as mw
+from gatewayd.http.errors import error_response
+from gatewayd.http.routes_ops import ops_routes
+
+if TYPE_CHECKING:
+    from gatewayd.nursery.supervisor import Gateway
+
+log = structlog.get_logger()
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or InvalidPayload saying what is wrong with it."""
+    body = await request.body()
+    if not body:
+        raise InvalidPayload("Request body must be a JSON object")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidPayload(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidPayload("Request body must be a JSON object")
+    return value
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    return error_response(request.scope, exc)
+
+
+def create_app(gateway: Gateway, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    settings: Callable[[], Any] = lambda: gateway.config  # noqa: E731 - read live on every request
+    app = Starlette(
+        routes=[*ops_routes(), *extra_routes],
+        middleware=[
+            Middleware(mw.TraceId),
+            Middleware(mw.RequestMetrics, metrics=gateway.metrics),
+            Middleware(mw.SecurityHeaders),
+            Middleware(mw.Cors, settings=settings),
+            Middleware(mw.Errors),
+            Middleware(mw.BodyLimit, settings=settings),
+        ],
+        exception_handlers={HTTPException: _http_exception},
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def hypercorn_config(host: str, port: int, grace: float) -> HypercornConfig:
+    config = HypercornConfig()
+    # IPv6 literals need brackets in a bind string.
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None  # RequestMetrics and our own log lines cover requests
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = grace
+    config.include_server_header = False
+    return config
+
+
+async def serve_http(
+    app: Starlette,
+    config: HypercornConfig,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns, then give in-flight requests
+    ``config.graceful_timeout`` seconds to finish."""
+    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)  # type: ignore[arg-type]

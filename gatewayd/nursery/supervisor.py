@@ -1,0 +1,190 @@
+"""The supervisor: the one nursery that owns everything the daemon runs.
+
+``run_gateway`` opens the database (starting the embedded PostgreSQL when no URL is
+configured), applies migrations, then starts — each with ``nursery.start`` so a
+failure surfaces where it was asked for — the signal task, the watchdog, the agents
+nursery and the HTTP server. systemd hears READY only after all of them started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from gatewayd import log as logsetup
+from gatewayd.config import Change, Config, diff, mask, merge_live
+from gatewayd.errors import ConfigError
+from gatewayd.http.app import create_app, hypercorn_config, serve_http
+from gatewayd.metrics import Metrics
+from gatewayd.notify import Notifier
+from gatewayd.store.db import Database, open_database
+from gatewayd.store.embedded import open_embedded_postgres
+from gatewayd.store.migrations import migrate_up
+
+log = structlog.get_logger()
+
+
+@attrs.define(eq=False)
+class Gateway:
+    """What the running daemon shares with its tasks and HTTP handlers."""
+
+    config: Config
+    db: Database
+    metrics: Metrics
+    notifier: Notifier
+    config_path: Path | None = None
+    environ: Mapping[str, str] = attrs.field(factory=dict)
+    started_at: float = attrs.field(factory=time.monotonic)
+    #: Set to ask for a graceful stop (SIGTERM/SIGINT or a caller).
+    stop_requested: trio.Event = attrs.field(factory=trio.Event)
+    #: The addresses HTTP listens on, once it does.
+    http_binds: list[str] = attrs.field(factory=list)
+    _hypercorn: Any = None
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def whatsapp_health(self) -> dict[str, Any]:
+        return {"status": "idle", "agents": {}}
+
+    def refresh_gauges(self) -> None:
+        """Bring gauges that are computed on demand up to date (before /metrics)."""
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def reload(self) -> list[Change] | None:
+        """Re-read the config; apply what can change live. None when rejected."""
+        await self.notifier.reloading()
+        try:
+            if self.config_path is not None:
+                new = Config.from_toml(self.config_path, self.environ)
+            else:
+                new = Config.from_mapping({}, self.environ)
+        except ConfigError as exc:
+            log.error("gatewayd.config.rejected", path=str(self.config_path), errors=exc.errors)
+            self.metrics.config_reloads.labels("rejected").inc()
+            await self.notifier.ready("running (reload rejected, old config kept)")
+            return None
+        changes = diff(self.config, new)
+        for change in changes:
+            shown = {
+                "key": change.key,
+                "old": mask(change.key, change.old, secret=change.secret),
+                "new": mask(change.key, change.new, secret=change.secret),
+            }
+            if change.live:
+                log.info("gatewayd.config.changed", **shown)
+            else:
+                log.warning("gatewayd.config.restart_required", **shown)
+        self.config = merge_live(self.config, new)
+        self._apply_live()
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("gatewayd.config.reloaded", changed=len(changes))
+        await self.notifier.ready()
+        return changes
+
+    def _apply_live(self) -> None:
+        logsetup.set_level(self.config.log.level)
+        if self._hypercorn is not None:
+            self._hypercorn.graceful_timeout = self.config.server.shutdown_grace
+
+
+async def _serve_signals(gateway: Gateway, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("gatewayd.signal.reload")
+                await gateway.reload()
+            elif not gateway.stop_requested.is_set():
+                log.info("gatewayd.signal.stop", signal=signal.Signals(signum).name)
+                gateway.request_stop()
+            else:
+                # A second stop signal means "now": skip the grace period.
+                log.warning("gatewayd.signal.stop_now", signal=signal.Signals(signum).name)
+                raise KeyboardInterrupt
+
+
+@asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[Database]:
+    """The database: the configured server, or the embedded one in ``data_dir``."""
+    d = config.database
+    if d.url:
+        async with open_database(d.url, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout) as db:
+            yield db
+        return
+    data_dir = Path(d.data_dir)
+    async with open_embedded_postgres(data_dir, port=d.embedded_port) as server:
+        log.info("gatewayd.db.embedded", data_dir=str(data_dir.resolve()))
+        async with open_database(server.dsn, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout) as db:
+            yield db
+
+
+async def run_gateway(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until a stop is requested; return after a graceful shutdown."""
+    environ = os.environ if environ is None else environ
+    notifier = Notifier(environ)
+    metrics = Metrics()
+    try:
+        await notifier.status("starting: database")
+        async with open_store(config) as db:
+            if config.database.migrate_on_start:
+                applied = await migrate_up(db)
+                if applied:
+                    log.info("gatewayd.db.migrated", applied=[str(m) for m in applied])
+            gateway = Gateway(
+                config=config, db=db, metrics=metrics, notifier=notifier,
+                config_path=config_path, environ=environ,
+            )
+            await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
+    finally:
+        notifier.close()
+    log.info("gatewayd.stopped")
+
+
+async def _run_tasks(gateway: Gateway, *, handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
+    config = gateway.config
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            await nursery.start(_serve_signals, gateway)
+        await nursery.start(gateway.notifier.run_watchdog)
+        app = create_app(gateway)
+        hc = hypercorn_config(config.server.host, config.server.port, config.server.shutdown_grace)
+        gateway._hypercorn = hc
+        http_done = trio.Event()
+
+        async def http_task(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await serve_http(app, hc, gateway.stop_requested.wait, task_status=task_status)
+            finally:
+                http_done.set()
+
+        gateway.http_binds = await nursery.start(http_task)
+        log.info("gatewayd.http.listening", binds=gateway.http_binds)
+        await gateway.notifier.ready()
+        log.info("gatewayd.started", pid=os.getpid())
+        task_status.started(gateway)
+
+        await gateway.stop_requested.wait()
+        await gateway.notifier.stopping()
+        log.info("gatewayd.stopping", grace=gateway.config.server.shutdown_grace)
+        # hypercorn stops accepting and gives in-flight requests the grace period.
+        await http_done.wait()
+        nursery.cancel_scope.cancel()
