@@ -1,0 +1,400 @@
+"""The WhatsApp port: the project's own types for one WhatsApp account, and the Protocols.
+
+Everything above this module speaks these types; only the adapters (neonize, the simulated
+network) know where the events come from. The shapes follow what neonize 0.5.2 / whatsmeow
+really deliver (see design/NEONIZE.md §3–5), so the neonize adapter can translate one to one:
+
+* JIDs are plain strings in WhatsApp's spelling: ``628123@s.whatsapp.net``, ``1203630…@g.us``,
+  ``123456789@lid``, ``status@broadcast``, ``…@newsletter``. A device JID carries its device
+  number: ``628123:12@s.whatsapp.net``.
+* Times are integer milliseconds since the Unix epoch (``timestamp_ms``); durations are float
+  seconds (``expires_in``).
+* An event is a frozen attrs value. ``kind`` names it for logs and broadcasts; ``terminal`` is
+  true for the kinds after which nothing should reconnect on its own (the phone logged us out,
+  another client took the session, a ban, an outdated client, a failed pairing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal, Protocol, TypeAlias
+
+import attrs
+import trio
+
+from gatewayd.errors import WhatsAppError
+
+MediaType: TypeAlias = Literal["image", "document", "audio", "video", "sticker"]
+
+STATUS_BROADCAST = "status@broadcast"
+
+
+# --------------------------------------------------------------------------- value types
+
+
+@attrs.frozen(kw_only=True)
+class Quote:
+    """A message being replied to: enough to build WhatsApp's ``contextInfo`` quote."""
+
+    message_id: str
+    sender: str
+    chat: str
+    text: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Media:
+    """What an inbound media message says about its attachment (the bytes stay upstream)."""
+
+    mimetype: str
+    size: int
+    caption: str | None = None
+    filename: str | None = None
+    seconds: int | None = None  # audio / video duration
+    ptt: bool = False  # a voice note rather than an audio file
+
+
+@attrs.frozen(kw_only=True)
+class InboundMessage:
+    """One received message, normalised from neonize's ``MessageEv``.
+
+    ``chat`` and ``sender`` are the phone-number (PN) JIDs when the adapter could resolve them
+    and the ``@lid`` JIDs otherwise, so they are always usable as a reply address;
+    ``chat_lid`` / ``sender_lid`` keep the LID form when it is known (``chat_lid`` only for
+    one-to-one chats that arrived LID-addressed). ``text`` is the conversation text, the
+    extended text or the media caption. ``is_group`` is true for status broadcasts too, because
+    that is what WhatsApp reports; test ``is_status_broadcast`` first.
+    """
+
+    id: str
+    chat: str
+    sender: str
+    timestamp_ms: int
+    chat_lid: str | None = None
+    sender_lid: str | None = None
+    is_group: bool = False
+    is_from_me: bool = False
+    push_name: str | None = None
+    text: str | None = None
+    mentioned_jids: tuple[str, ...] = ()
+    quoted_id: str | None = None
+    quoted_sender: str | None = None
+    quoted_text: str | None = None
+    media_type: MediaType | None = None
+    media: Media | None = None
+    is_status_broadcast: bool = False
+    is_newsletter: bool = False
+    is_edit: bool = False
+
+
+@attrs.frozen
+class SendResult:
+    """What WhatsApp answered to a send: the new message's id and its server time."""
+
+    message_id: str
+    timestamp_ms: int
+
+
+# --------------------------------------------------------------------------- events
+
+
+@attrs.frozen
+class Event:
+    """Base of every port event."""
+
+    kind: ClassVar[str] = "event"
+    terminal: ClassVar[bool] = False
+
+
+@attrs.frozen
+class QrCode(Event):
+    """A pairing QR to show; ``index`` counts rotations from 0, ``expires_in`` is its life."""
+
+    kind: ClassVar[str] = "qr"
+    payload: str
+    index: int
+    expires_in: float
+
+
+@attrs.frozen
+class Paired(Event):
+    """A phone scanned the QR; ``device_jid`` is the new linked device to ``run`` with."""
+
+    kind: ClassVar[str] = "paired"
+    device_jid: str
+    phone: str  # international digits, no "+": "628123…"
+    lid: str | None = None  # "123…@lid"
+    push_name: str | None = None
+    platform: str | None = None
+
+
+@attrs.frozen
+class PairingFailed(Event):
+    """Pairing ended without a device; ``reason`` is whatsmeow's (``"timeout"``, ``"error"``…)."""
+
+    kind: ClassVar[str] = "pairing_failed"
+    terminal: ClassVar[bool] = True
+    reason: str
+
+
+@attrs.frozen
+class Connected(Event):
+    """The device is online; sends are possible from now on."""
+
+    kind: ClassVar[str] = "connected"
+
+
+@attrs.frozen
+class Disconnected(Event):
+    """The connection was lost; connecting again is expected to work."""
+
+    kind: ClassVar[str] = "disconnected"
+    reason: str
+
+
+@attrs.frozen
+class LoggedOut(Event):
+    """The device was unlinked; its data is gone. ``on_connect``: it happened while connecting."""
+
+    kind: ClassVar[str] = "logged_out"
+    terminal: ClassVar[bool] = True
+    reason: str
+    on_connect: bool = False
+
+
+@attrs.frozen
+class StreamReplaced(Event):
+    """Another client opened the same session; WhatsApp closed ours."""
+
+    kind: ClassVar[str] = "stream_replaced"
+    terminal: ClassVar[bool] = True
+
+
+@attrs.frozen
+class TemporaryBan(Event):
+    """WhatsApp banned the account for ``expires_in`` seconds; ``code`` names why."""
+
+    kind: ClassVar[str] = "temporary_ban"
+    terminal: ClassVar[bool] = True
+    code: str
+    expires_in: float
+
+
+@attrs.frozen
+class ClientOutdated(Event):
+    """WhatsApp refuses this client version; only an upgrade helps."""
+
+    kind: ClassVar[str] = "client_outdated"
+    terminal: ClassVar[bool] = True
+
+
+@attrs.frozen
+class MessageReceived(Event):
+    """A message arrived."""
+
+    kind: ClassVar[str] = "message"
+    message: InboundMessage
+
+
+@attrs.frozen
+class Receipt(Event):
+    """A delivery / read / played receipt for messages we sent (``type`` as whatsmeow names it)."""
+
+    kind: ClassVar[str] = "receipt"
+    chat: str
+    sender: str
+    message_ids: tuple[str, ...]
+    type: str  # "delivered", "read", "played", "sender", "retry", …
+    timestamp_ms: int
+
+
+ClientEvent: TypeAlias = (
+    QrCode
+    | Paired
+    | PairingFailed
+    | Connected
+    | Disconnected
+    | LoggedOut
+    | StreamReplaced
+    | TemporaryBan
+    | ClientOutdated
+    | MessageReceived
+    | Receipt
+)
+"""Every event a client pushes into its events channel."""
+
+ConnectionEnd: TypeAlias = Disconnected | LoggedOut | StreamReplaced | TemporaryBan | ClientOutdated
+"""The events that end a connection; ``run`` returns (or raises with) exactly one of them."""
+
+CONNECTION_END_TYPES = (
+    Disconnected,
+    LoggedOut,
+    StreamReplaced,
+    TemporaryBan,
+    ClientOutdated,
+)
+"""``ConnectionEnd`` for ``isinstance``."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class PairingError(WhatsAppError):
+    """Pairing ended without a linked device (QR schedule ran out, phone refused, …)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"pairing failed: {reason}", details={"reason": reason})
+        self.reason = reason
+
+
+class ConnectFailed(WhatsAppError):
+    """``run`` could not get online; ``event`` says why (and was pushed to the channel too)."""
+
+    def __init__(self, event: ConnectionEnd) -> None:
+        super().__init__(f"connect failed: {event.kind}", details={"event": event.kind})
+        self.event = event
+
+    @property
+    def terminal(self) -> bool:
+        """True when retrying cannot help (logged out, banned, outdated)."""
+        return self.event.terminal
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+class WhatsAppClient(Protocol):
+    """One account's WhatsApp client.
+
+    Every event, including the one that ends a phase, is pushed into the ``events`` channel the
+    caller passes; the channel is the single source of truth for an agent's status. The client
+    never closes that channel. Calls other than ``pair`` / ``run`` need a connected client and
+    raise ``NotConnected`` otherwise.
+    """
+
+    @property
+    def agent_id(self) -> str:
+        """The agent this client belongs to."""
+        ...
+
+    async def pair(
+        self,
+        events: trio.MemorySendChannel[ClientEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> Paired:
+        """Link a new device: push rotating ``QrCode`` events until a phone scans one.
+
+        ``task_status.started()`` is called once the first QR is showing (scannable). On success
+        pushes ``Paired`` and returns it; the caller then calls ``run(paired.device_jid, …)``.
+        On failure pushes ``PairingFailed`` and raises ``PairingError``. Cancelling abandons the
+        pairing.
+        """
+        ...
+
+    async def run(
+        self,
+        device_jid: str,
+        events: trio.MemorySendChannel[ClientEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> ConnectionEnd:
+        """Connect a paired device and push its events until the connection ends.
+
+        ``task_status.started()`` is called once connected (``Connected`` is the first event).
+        When the connection ends, the ending event is pushed and returned; the caller decides
+        whether to reconnect (``event.terminal``). If it cannot get online at all, the ending
+        event is pushed and ``ConnectFailed`` raised before ``started()``, so ``nursery.start``
+        fails where it was asked. Cancelling disconnects; it never logs out.
+
+        A client whose library heals short breaks by itself (whatsmeow does) may push
+        ``Disconnected`` and later ``Connected`` within one ``run``: treat those events as status
+        changes, and only ``run`` returning as the end of the connection.
+        """
+        ...
+
+    async def send_text(
+        self, to: str, text: str, *, quote: Quote | None = None, mentions: Sequence[str] = ()
+    ) -> SendResult:
+        """Send a text message, optionally quoting one and mentioning JIDs."""
+        ...
+
+    async def send_image(
+        self,
+        to: str,
+        data: bytes,
+        *,
+        mimetype: str,
+        caption: str | None = None,
+        filename: str | None = None,
+        quote: Quote | None = None,
+    ) -> SendResult:
+        """Send an image."""
+        ...
+
+    async def send_document(
+        self,
+        to: str,
+        data: bytes,
+        *,
+        mimetype: str,
+        filename: str,
+        caption: str | None = None,
+        quote: Quote | None = None,
+    ) -> SendResult:
+        """Send a document."""
+        ...
+
+    async def send_audio(
+        self, to: str, data: bytes, *, mimetype: str, ptt: bool = False, quote: Quote | None = None
+    ) -> SendResult:
+        """Send audio; ``ptt=True`` makes it a voice note."""
+        ...
+
+    async def send_video(
+        self,
+        to: str,
+        data: bytes,
+        *,
+        mimetype: str,
+        caption: str | None = None,
+        quote: Quote | None = None,
+    ) -> SendResult:
+        """Send a video."""
+        ...
+
+    async def set_typing(self, chat: str, on: bool) -> None:
+        """Show (``on``) or clear the "typing…" indicator in a chat."""
+        ...
+
+    async def mark_read(self, chat: str, sender: str | None, message_ids: Sequence[str]) -> None:
+        """Mark messages read; ``sender`` is required in groups, ids must share one sender."""
+        ...
+
+    async def pn_for_lid(self, lid: str) -> str | None:
+        """The phone-number JID behind a ``…@lid`` JID, or None when unknown (local lookup)."""
+        ...
+
+    async def lid_for_pn(self, pn: str) -> str | None:
+        """The ``…@lid`` JID of a phone-number JID, or None when unknown (local lookup)."""
+        ...
+
+    async def logout(self) -> None:
+        """Unlink this device from the phone; the running connection ends with ``LoggedOut``."""
+        ...
+
+
+class WhatsAppBackend(Protocol):
+    """Makes clients and manages the stored device data they share."""
+
+    def client(self, agent_id: str) -> WhatsAppClient:
+        """The client of one agent (the same object for repeated calls with one id)."""
+        ...
+
+    async def known_devices(self) -> frozenset[str]:
+        """Device JIDs with stored credentials: only these can be passed to ``run``."""
+        ...
+
+    async def forget_device(self, device_jid: str) -> None:
+        """Remove a device's stored data (idempotent); a live connection is not touched."""
+        ...

@@ -1,0 +1,155 @@
+"""The Trio-facing pool: transactions, error mapping, health checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+
+from gatewayd.errors import Conflict, StoreError, StoreUnavailable
+from gatewayd.store.db import Connection, Database, map_exceptions, open_database
+from gatewayd.store.embedded import EmbeddedPostgres
+
+
+def _insert_user(conn: Connection, user_id: str) -> None:
+    conn.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+
+
+def _user_ids(conn: Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT id FROM users ORDER BY id")]
+
+
+def _insert_agent(conn: Connection, agent_id: str, name: str) -> None:
+    conn.execute(
+        "INSERT INTO agents (agent_id, name, user_id, api_key) VALUES (%s, %s, 'u1', 'k')",
+        (agent_id, name),
+    )
+
+
+async def test_run_commits_and_returns_the_result(database: Database) -> None:
+    """A function that returns is committed and its result handed back."""
+    await database.run(_insert_user, "u1")
+    assert await database.run(_user_ids) == ["u1"]
+
+
+async def test_run_rolls_back_when_the_function_raises(database: Database) -> None:
+    """A function that raises leaves nothing behind; its own exception passes through."""
+
+    def insert_then_fail(conn: Connection) -> None:
+        _insert_user(conn, "ghost")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await database.run(insert_then_fail)
+    assert await database.run(_user_ids) == []
+
+
+async def test_unique_violation_maps_to_conflict(database: Database) -> None:
+    """A broken uniqueness rule surfaces as Conflict naming the constraint."""
+    await database.run(_insert_agent, "bot-1", "bot")
+    with pytest.raises(Conflict) as info:
+        await database.run(_insert_agent, "bot-1", "other")
+    assert isinstance(info.value.__cause__, psycopg.errors.UniqueViolation)
+    assert info.value.details == {
+        "sqlstate": "23505",
+        "constraint": "agents_agent_id_key",
+        "table": "agents",
+    }
+    assert "bot-1" not in info.value.message  # row values stay out of the message
+
+
+async def test_other_database_errors_map_to_store_error(database: Database) -> None:
+    """SQL errors that are neither conflicts nor outages become a plain StoreError."""
+
+    def broken(conn: Connection) -> None:
+        conn.execute("SELEC 1")
+
+    with pytest.raises(StoreError) as info:
+        await database.run(broken)
+    assert type(info.value) is StoreError
+    assert isinstance(info.value.__cause__, psycopg.errors.SyntaxError)
+
+
+def test_map_exceptions_maps_connection_failures_to_unavailable() -> None:
+    """A failed connection attempt maps to StoreUnavailable, chained to the cause."""
+    with pytest.raises(StoreUnavailable) as info, map_exceptions():
+        psycopg.connect("host=127.0.0.1 port=1 user=x dbname=x connect_timeout=2")
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+async def test_run_autocommit_leaves_no_autocommit_behind(pg_dsn: str) -> None:
+    """A connection used in autocommit mode goes back to the pool transactional."""
+    async with open_database(pg_dsn, max_size=1) as db:
+        assert await db.run_autocommit(lambda conn: conn.autocommit) is True
+        assert await db.run(lambda conn: conn.autocommit) is False
+
+
+async def test_threads_are_bounded_by_the_pool_size(pg_dsn: str) -> None:
+    """Many concurrent calls all complete while at most max_size threads use the pool."""
+    peak = 0
+
+    async with open_database(pg_dsn, max_size=2) as db:
+
+        def sleepy(conn: Connection, i: int) -> int:
+            nonlocal peak
+            peak = max(peak, db.limiter.borrowed_tokens)
+            conn.execute("SELECT pg_sleep(0.02)")
+            return i
+
+        results: list[int] = []
+
+        async def one(i: int) -> None:
+            results.append(await db.run(sleepy, i))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i)
+        assert sorted(results) == list(range(10))
+        assert peak == 2
+        assert db.statistics().threads_max == 2
+        assert "password" not in repr(db) and db.dsn == pg_dsn
+
+
+async def test_ping_gives_up_on_a_hung_backend(pg_dsn: str) -> None:
+    """ping answers False within its timeout when the database stops responding."""
+    async with open_database(pg_dsn, min_size=1, max_size=1) as db:
+        assert await db.ping(5.0)
+        backend = await db.run(lambda conn: conn.info.backend_pid)
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            start = trio.current_time()
+            assert not await db.ping(0.3)
+            assert trio.current_time() - start < 1.0
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        # The abandoned thread finishes once the backend runs again, freeing the only
+        # thread slot for the next ping.
+        with trio.fail_after(5):
+            assert await db.ping(4.0)
+
+
+async def test_a_stopped_server_means_false_pings_and_fast_open_failures(
+    tmp_path: Path,
+) -> None:
+    """With the server stopped, ping is False and open_database fails within its timeout."""
+    server = EmbeddedPostgres(tmp_path)
+    dsn = await trio.to_thread.run_sync(server.start)
+    try:
+        async with open_database(dsn, max_size=2, connect_timeout=1.0) as db:
+            assert await db.ping(2.0)
+            await trio.to_thread.run_sync(server.stop)
+            start = trio.current_time()
+            assert not await db.ping(1.0)
+            assert trio.current_time() - start < 1.5
+    finally:
+        await trio.to_thread.run_sync(server.stop)
+
+    start = trio.current_time()
+    with pytest.raises(StoreUnavailable):
+        async with open_database(dsn, connect_timeout=1.0):
+            pass  # pragma: no cover
+    assert trio.current_time() - start < 3.0
