@@ -114,6 +114,27 @@ class MediaConfig:
 
 
 @attrs.frozen
+class AgentsConfig:
+    #: Sends waiting per agent (the FIFO queue); one more is refused with 429.
+    queue_size: int = attrs.field(default=500, metadata=_restart())
+    #: Token bucket pacing each agent's sends.
+    send_rate_per_minute: float = attrs.field(default=100.0, metadata=_live())
+    send_burst: int = attrs.field(default=100, metadata=_live())
+    #: Seconds a caller waits for its queued send to go out.
+    command_timeout: float = attrs.field(default=300.0, metadata=_live())
+    #: Reconnect backoff after a lost connection (exponential with jitter).
+    reconnect_initial: float = attrs.field(default=1.0, metadata=_live())
+    reconnect_max: float = attrs.field(default=60.0, metadata=_live())
+    #: Restart backoff after an agent's task tree raised.
+    restart_initial: float = attrs.field(default=1.0, metadata=_live())
+    restart_max: float = attrs.field(default=60.0, metadata=_live())
+    #: Unhandled inbound messages younger than this are handed to the forwarder again at start.
+    redeliver_max_age: float = attrs.field(default=3600.0, metadata=_live())
+    #: Events buffered per bus subscriber before a slow one is dropped.
+    bus_buffer: int = attrs.field(default=256, metadata=_restart())
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     database: DatabaseConfig = attrs.field(factory=DatabaseConfig)
@@ -121,6 +142,7 @@ class Config:
     whatsapp: WhatsAppConfig = attrs.field(factory=WhatsAppConfig)
     ai: AIConfig = attrs.field(factory=AIConfig)
     media: MediaConfig = attrs.field(factory=MediaConfig)
+    agents: AgentsConfig = attrs.field(factory=AgentsConfig)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -255,6 +277,13 @@ def _check_values(config: Config) -> Iterator[str]:
         yield "database.url: expected a postgresql:// URL"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", d.api_keys_table):
         yield f"database.api_keys_table: {d.api_keys_table!r} is not a table name (schema.table allowed)"
+    a = config.agents
+    if a.queue_size < 1 or a.send_burst < 1 or a.send_rate_per_minute <= 0 or a.bus_buffer < 1:
+        yield "agents: queue_size, send_burst, bus_buffer must be >= 1 and send_rate_per_minute > 0"
+    if a.reconnect_initial <= 0 or a.reconnect_max < a.reconnect_initial:
+        yield "agents.reconnect_initial/reconnect_max: expected 0 < initial <= max"
+    if a.restart_initial <= 0 or a.restart_max < a.restart_initial:
+        yield "agents.restart_initial/restart_max: expected 0 < initial <= max"
     if not re.fullmatch(r"[1-9][0-9]{0,3}", config.whatsapp.default_country_code):
         yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
 

@@ -32,6 +32,9 @@ pool_max = 3
 [log]
 level = "{level}"
 format = "json"
+
+[whatsapp]
+mode = "sim"
 {extra}
 """
     )

@@ -58,7 +58,7 @@ async def test_plain_run_uses_embedded_postgres_kept_across_restarts(tmp_path: P
     """Without database.url the daemon runs its own PostgreSQL, stops it on exit, and finds its data again."""
     config = tmp_path / "gatewayd.toml"
     data_dir = tmp_path / "data"
-    config.write_text(f'[server]\nport = 0\n[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n')
+    config.write_text(f'[server]\nport = 0\n[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n[whatsapp]\nmode = "sim"\n')
     env = {"DB_URL": "", "GATEWAYD_DATABASE_URL": ""}
     daemon = await Daemon.start(nursery, ["--config", str(config)], env)
     async with httpx.AsyncClient(base_url=daemon.base_url) as client:

@@ -26,9 +26,12 @@ from gatewayd.errors import ConfigError
 from gatewayd.http.app import create_app, hypercorn_config, serve_http
 from gatewayd.metrics import Metrics
 from gatewayd.notify import Notifier
+from gatewayd.nursery.agents import AgentSupervisor
+from gatewayd.nursery.bus import EventBus
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.embedded import open_embedded_postgres
 from gatewayd.store.migrations import migrate_up
+from gatewayd.whatsapp.port import WhatsAppBackend
 
 log = structlog.get_logger()
 
@@ -41,6 +44,9 @@ class Gateway:
     db: Database
     metrics: Metrics
     notifier: Notifier
+    backend: WhatsAppBackend
+    bus: EventBus
+    agents: AgentSupervisor
     config_path: Path | None = None
     environ: Mapping[str, str] = attrs.field(factory=dict)
     started_at: float = attrs.field(factory=time.monotonic)
@@ -54,10 +60,11 @@ class Gateway:
         return time.monotonic() - self.started_at
 
     def whatsapp_health(self) -> dict[str, Any]:
-        return {"status": "idle", "agents": {}}
+        return {"mode": self.config.whatsapp.mode, **self.agents.health()}
 
     def refresh_gauges(self) -> None:
         """Bring gauges that are computed on demand up to date (before /metrics)."""
+        self.agents.refresh_gauges()
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -95,6 +102,7 @@ class Gateway:
 
     def _apply_live(self) -> None:
         logsetup.set_level(self.config.log.level)
+        self.agents.reconfigure(self.config)
         if self._hypercorn is not None:
             self._hypercorn.graceful_timeout = self.config.server.shutdown_grace
 
@@ -130,6 +138,22 @@ async def open_store(config: Config) -> AsyncIterator[Database]:
             yield db
 
 
+@asynccontextmanager
+async def open_backend(config: Config, db: Database) -> AsyncIterator[WhatsAppBackend]:
+    """The WhatsApp side: the simulated network, or neonize (real WhatsApp)."""
+    if config.whatsapp.mode == "sim":
+        from gatewayd.whatsapp.sim import SimulatedWhatsApp
+
+        yield SimulatedWhatsApp()
+        return
+    from gatewayd.whatsapp.neonize_backend import open_neonize_backend
+
+    async with open_neonize_backend(
+        db.dsn, embedded=not config.database.url, device_name="gatewayd"
+    ) as backend:
+        yield backend
+
+
 async def run_gateway(
     config: Config,
     *,
@@ -149,11 +173,19 @@ async def run_gateway(
                 applied = await migrate_up(db)
                 if applied:
                     log.info("gatewayd.db.migrated", applied=[str(m) for m in applied])
-            gateway = Gateway(
-                config=config, db=db, metrics=metrics, notifier=notifier,
-                config_path=config_path, environ=environ,
-            )
-            await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
+            await notifier.status("starting: whatsapp")
+            async with open_backend(config, db) as backend:
+                bus = EventBus(config.agents.bus_buffer)
+                holder: list[Gateway] = []
+                agents = AgentSupervisor(
+                    db=db, backend=backend, metrics=metrics, bus=bus, config=lambda: holder[0].config,
+                )
+                gateway = Gateway(
+                    config=config, db=db, metrics=metrics, notifier=notifier, backend=backend,
+                    bus=bus, agents=agents, config_path=config_path, environ=environ,
+                )
+                holder.append(gateway)
+                await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
     finally:
         notifier.close()
     log.info("gatewayd.stopped")
@@ -165,6 +197,8 @@ async def _run_tasks(gateway: Gateway, *, handle_signals: bool, task_status: tri
         if handle_signals:
             await nursery.start(_serve_signals, gateway)
         await nursery.start(gateway.notifier.run_watchdog)
+        await gateway.notifier.status("starting: agents")
+        await nursery.start(gateway.agents.run)
         app = create_app(gateway)
         hc = hypercorn_config(config.server.host, config.server.port, config.server.shutdown_grace)
         gateway._hypercorn = hc

@@ -1,0 +1,61 @@
+"""Commands sent into an agent's task tree, and how a caller awaits their answer.
+
+The agent's command channel *is* its FIFO send queue: a caller ``send_nowait``s a
+command (``trio.WouldBlock`` when the queue is full → 429) and awaits the answer on the
+command's own one-shot reply channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import attrs
+import outcome
+import trio
+
+from gatewayd.whatsapp.port import Quote, SendResult
+
+SendKind = Literal["text", "image", "document", "audio", "video"]
+
+
+@attrs.frozen(kw_only=True)
+class Outgoing:
+    """One message to send: text, or media with an optional caption."""
+
+    to: str
+    kind: SendKind = "text"
+    text: str | None = None
+    data: bytes | None = attrs.field(default=None, repr=lambda d: f"<{len(d)} bytes>" if d else "None")
+    mimetype: str | None = None
+    filename: str | None = None
+    quote: Quote | None = None
+    mentions: Sequence[str] = ()
+    ptt: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Sent:
+    """The answer to a send: WhatsApp's id and time, and our row id."""
+
+    message_id: str
+    timestamp_ms: int
+    row_id: int
+
+
+@attrs.frozen(kw_only=True)
+class SendCommand:
+    message: Outgoing
+    reply: trio.MemorySendChannel[outcome.Outcome[Sent]]
+    trace_id: str | None = None
+
+
+def new_send(
+    message: Outgoing, trace_id: str | None = None
+) -> tuple[SendCommand, trio.MemoryReceiveChannel[outcome.Outcome[Sent]]]:
+    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Sent]](1)
+    return SendCommand(message=message, reply=reply_send, trace_id=trace_id), reply_receive
+
+
+def result_of(result: SendResult, row_id: int) -> Sent:
+    return Sent(message_id=result.message_id, timestamp_ms=result.timestamp_ms, row_id=row_id)

@@ -1,0 +1,145 @@
+"""The agents table: one row per WhatsApp account, its status and its device."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import attrs
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from gatewayd.store.db import Connection, Database
+
+STATUSES = ("awaiting_qr", "connected", "disconnected", "auth_failed", "stopped")
+
+_COLUMNS = (
+    "id, agent_id, name, user_id, api_key, endpoint_url_run, webhook_url, status, status_reason,"
+    " last_connected_at, last_disconnected_at, phone_number, lid, device_jid, device_info,"
+    " created_at, updated_at"
+)
+
+
+@attrs.frozen(kw_only=True)
+class AgentRecord:
+    id: uuid.UUID
+    agent_id: str
+    name: str
+    user_id: str
+    api_key: str
+    endpoint_url_run: str | None
+    webhook_url: str | None
+    status: str
+    status_reason: str | None
+    last_connected_at: datetime | None
+    last_disconnected_at: datetime | None
+    phone_number: str | None
+    lid: str | None
+    device_jid: str | None
+    device_info: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _get(conn: Connection, agent_id: str) -> AgentRecord | None:
+    with conn.cursor(row_factory=class_row(AgentRecord)) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM agents WHERE agent_id = %s", (agent_id,))
+        return cur.fetchone()
+
+
+async def get_agent(db: Database, agent_id: str) -> AgentRecord | None:
+    return await db.run(_get, agent_id)
+
+
+async def create_agent(
+    db: Database,
+    *,
+    agent_id: str,
+    name: str,
+    user_id: str,
+    api_key: str,
+    endpoint_url_run: str | None = None,
+    webhook_url: str | None = None,
+) -> AgentRecord:
+    def work(conn: Connection) -> AgentRecord:
+        with conn.cursor(row_factory=class_row(AgentRecord)) as cur:
+            cur.execute(
+                f"INSERT INTO agents (agent_id, name, user_id, api_key, endpoint_url_run, webhook_url)"
+                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (agent_id, name, user_id, api_key, endpoint_url_run, webhook_url),
+            )
+            row = cur.fetchone()
+            assert row is not None
+            return row
+
+    return await db.run(work)
+
+
+async def list_restorable(db: Database) -> list[AgentRecord]:
+    """Agents with a paired device that the operator has not stopped."""
+
+    def work(conn: Connection) -> list[AgentRecord]:
+        with conn.cursor(row_factory=class_row(AgentRecord)) as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM agents WHERE device_jid IS NOT NULL AND status <> 'stopped'"
+                " ORDER BY created_at"
+            )
+            return cur.fetchall()
+
+    return await db.run(work)
+
+
+async def set_status(db: Database, agent_uuid: uuid.UUID, status: str, reason: str | None) -> None:
+    """Persist a status transition with the timestamp that goes with it."""
+    assert status in STATUSES, status
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE agents SET status = %(s)s, status_reason = %(r)s, updated_at = now(),"
+            " last_connected_at = CASE WHEN %(s)s = 'connected' THEN now() ELSE last_connected_at END,"
+            " last_disconnected_at = CASE WHEN %(s)s <> 'connected' AND status = 'connected'"
+            "   THEN now() ELSE last_disconnected_at END"
+            " WHERE id = %(id)s",
+            {"s": status, "r": reason, "id": agent_uuid},
+        )
+
+    await db.run(work)
+
+
+async def mark_all_disconnected(db: Database, agent_uuids: list[uuid.UUID], reason: str) -> None:
+    """One statement for a whole shutdown: connected agents become disconnected."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE agents SET status = 'disconnected', status_reason = %s, updated_at = now(),"
+            " last_disconnected_at = now() WHERE id = ANY(%s) AND status = 'connected'",
+            (reason, agent_uuids),
+        )
+
+    await db.run(work)
+
+
+async def set_device(
+    db: Database,
+    agent_uuid: uuid.UUID,
+    *,
+    device_jid: str | None,
+    phone_number: str | None = None,
+    lid: str | None = None,
+    device_info: dict[str, Any] | None = None,
+) -> None:
+    """Record the paired device (or clear it with ``device_jid=None``)."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE agents SET device_jid = %s, phone_number = %s, lid = %s, device_info = %s,"
+            " updated_at = now() WHERE id = %s",
+            (device_jid, phone_number, lid, Jsonb(device_info) if device_info else None, agent_uuid),
+        )
+
+    await db.run(work)
+
+
+async def delete_agent(db: Database, agent_uuid: uuid.UUID) -> None:
+    await db.run(lambda conn: conn.execute("DELETE FROM agents WHERE id = %s", (agent_uuid,)) and None)

@@ -1,0 +1,2 @@
+ALTER TABLE messages DROP COLUMN mentioned_jids;
+ALTER TABLE messages DROP COLUMN payload;
