@@ -185,16 +185,17 @@ class AgentTree:
                 continue
             try:
                 end = await handle.client.run(record.device_jid, events)
+                got_online = True
             except ConnectFailed as exc:
-                end = exc.event
+                end, got_online = exc.event, False
             if isinstance(end, LoggedOut):
                 await self._forget_device(record.device_jid)
             if end.terminal:
                 log.warning("gatewayd.agent.connection_ended", kind=end.kind)
                 handle.terminal = True
                 return
-            if handle.status == "connected":
-                backoff.reset()
+            if got_online:
+                backoff.reset()  # a healthy connection broke: start the schedule over
             delay = backoff.next()
             log.info("gatewayd.agent.reconnecting", delay=round(delay, 3))
             await trio.sleep(delay)

@@ -14,7 +14,7 @@ import binascii
 import email.message
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from urllib.parse import unquote
 
 import attrs
@@ -53,12 +53,13 @@ async def fetch_media(
     to a refused address), MediaTooLarge (declared or actual size over the cap), and
     BadGateway (unreachable, non-2xx, too many redirects, timeout, broken body).
     """
-    # The first URL is the client's: its mistakes are 400s. Redirect targets are the
-    # server's, so their malformations are BadGateway (see _follow).
-    checked = await check_url(url, allow_private=allow_private)
     with trio.move_on_after(timeout):
+        # The first URL is the client's: its mistakes are 400s. Redirect targets are the
+        # server's, so their malformations are BadGateway (see _follow).
+        checked = await check_url(url, allow_private=allow_private)
         return await _download(client, checked, max_bytes=max_bytes, allow_private=allow_private)
-    raise BadGateway(f"media from {checked.host} did not arrive within {timeout:g} s")
+    # Resolving counts against the timeout too; the URL parsed, or check_url had raised.
+    raise BadGateway(f"media from {httpx.URL(url).host} did not arrive within {timeout:g} s")
 
 
 async def _download(
@@ -68,9 +69,8 @@ async def _download(
         with _map_exceptions(checked.host):
             async with open_checked(client, checked) as response:
                 status = response.status_code
-                if status in _REDIRECT_STATUSES and "location" in response.headers:
-                    location = response.headers["location"]
-                else:
+                location = response.headers.get("location")
+                if status not in _REDIRECT_STATUSES or location is None:
                     if not 200 <= status < 300:
                         raise BadGateway(
                             f"media URL answered HTTP {status} from {checked.host}",
@@ -80,6 +80,7 @@ async def _download(
                     return FetchedMedia(
                         data, _media_type(response.headers), _filename(response, checked.url)
                     )
+        # The redirect's body is never read; leaving the block closed its connection.
         checked = await _follow(checked, location, allow_private=allow_private)
     raise BadGateway(f"media URL redirected more than {MAX_REDIRECTS} times")
 
@@ -104,13 +105,14 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     # aiter_bytes decodes Content-Encoding, so an inflating body is counted as it inflates.
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > max_bytes:
-            raise MediaTooLarge(
-                f"media is over the limit of {max_bytes} bytes", details={"limit": max_bytes}
-            )
-        chunks.append(chunk)
+    async with aclosing(response.aiter_bytes()) as body:
+        async for chunk in body:
+            total += len(chunk)
+            if total > max_bytes:
+                raise MediaTooLarge(
+                    f"media is over the limit of {max_bytes} bytes", details={"limit": max_bytes}
+                )
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

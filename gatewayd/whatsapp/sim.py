@@ -98,6 +98,9 @@ class SimulatedWhatsApp:
         self._pn_of: dict[str, str] = {}  # LID JID -> PN JID
         self._push_names: dict[str, str] = {}  # PN JID -> push name
         self._groups: dict[str, tuple[str, ...]] = {}
+        self._refusals: dict[str, int] = {}  # device JID -> connects still to refuse
+        #: Virtual times of every connect attempt, by device JID (for reconnect schedules).
+        self.connect_attempts: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ the backend
 
@@ -183,6 +186,11 @@ class SimulatedWhatsApp:
         pairing.outcome = paired
         pairing.done.set()
         return paired
+
+    def refuse_connections(self, device_jid: str, count: int) -> None:
+        """The next ``count`` connects of ``device_jid`` fail like a network error
+        (``Disconnected``, not terminal), as a DNS failure or a refused socket would."""
+        self._refusals[device_jid] = count
 
     def fail_pairing(self, agent_id: str, reason: str = "error") -> None:
         """End the agent's pairing with whatsmeow's ``reason`` (``"err-client-outdated"``, …)."""
@@ -419,6 +427,12 @@ class SimulatedWhatsApp:
 
     def _connect_failure(self, device_jid: str) -> ConnectionEnd | None:
         """Why connecting ``device_jid`` fails right now, or None when it would succeed."""
+        refused = self._refusals.get(device_jid, 0)
+        if refused > 0:
+            self._refusals[device_jid] = refused - 1
+            self.connect_attempts.setdefault(device_jid, []).append(trio.current_time())
+            return Disconnected("connection refused")
+        self.connect_attempts.setdefault(device_jid, []).append(trio.current_time())
         if device_jid not in self._devices:
             return LoggedOut("logged_out", on_connect=True)
         ban = self._bans.get(device_jid)

@@ -1,0 +1,293 @@
+"""The AI backend client (seed 001 §8, §14.2) and the /run request it serves.
+
+One POST per call: JSON body, ``Authorization: Bearer <agent key>``, ``X-Request-ID:
+<traceId>``, a deadline for the whole exchange. The answer is read up to a cap; the
+minimal answer the contract processes is ``{"reply": "..."}``.
+
+Which answers carry a reply. The contract names only ``reply``. We also read
+``{"data": {"reply": …}}`` (the envelope this project and many backends wrap answers in)
+and ``{"output": …}`` (what agent runners in seed 004's ``input``/``parameters`` style
+answer with), in that order. A reply must be a non-blank string; anything else means
+"no reply" rather than an error, as the deployed service behaves. An empty 2xx body is
+``{}`` (no reply) for the same reason; a body that is not a JSON object is BadGateway.
+
+The API key is sent, never logged or put into an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import aclosing, contextmanager
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+import structlog
+import trio
+
+from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, InvalidPayload
+from gatewayd.jid import normalize_recipient, to_contract_jid
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: The largest answer read from the AI backend.
+MAX_ANSWER_BYTES = 1024 * 1024
+#: How much of an error answer goes into AIDownstreamError.details.
+EXCERPT_CHARS = 500
+
+
+@attrs.frozen
+class AIAnswer:
+    """A 2xx answer of the AI backend."""
+
+    status_code: int
+    body: dict[str, Any]
+    reply: str | None
+    duration: float  # seconds, on trio's clock
+
+
+async def call_ai(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    api_key: str,
+    payload: Mapping[str, Any],
+    timeout: float,
+    trace_id: str,
+) -> AIAnswer:
+    """POST ``payload`` to the AI backend at ``url`` and return its answer.
+
+    Raises AITimeout (no complete answer within ``timeout`` seconds), AIDownstreamError
+    (non-2xx; ``details`` has the status and a short excerpt of the body), BadGateway
+    (unreachable, invalid URL, not a JSON object, larger than MAX_ANSWER_BYTES).
+    """
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "X-Request-ID": trace_id,
+        "Accept": "application/json",
+    }
+    host = _host_of(url)
+    start = trio.current_time()
+    try:
+        with trio.fail_after(timeout), _map_exceptions(host, timeout):
+            request = client.build_request("POST", url, json=dict(payload), headers=headers, timeout=timeout)
+            response = await client.send(request, stream=True, follow_redirects=False)
+            try:
+                raw, truncated = await _read_capped(response, MAX_ANSWER_BYTES)
+            finally:
+                await response.aclose()
+    except trio.TooSlowError:
+        log.warning("gatewayd.ai.failed", host=host, reason="timeout", timeout=timeout)
+        raise AITimeout(f"the AI backend at {host} did not answer within {timeout:g} s") from None
+    duration = trio.current_time() - start
+    status = response.status_code
+    log.info("gatewayd.ai.answered", host=host, status=status, duration=round(duration, 3))
+    if not 200 <= status < 300:
+        excerpt = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+        raise AIDownstreamError(
+            f"the AI backend answered HTTP {status}", details={"status": status, "body": excerpt}
+        )
+    if truncated:
+        raise BadGateway(f"the AI backend's answer is larger than {MAX_ANSWER_BYTES} bytes")
+    body = _json_object(raw)
+    return AIAnswer(status, body, extract_reply(body), duration)
+
+
+def extract_reply(body: Mapping[str, Any]) -> str | None:
+    """The reply to send from an AI answer: ``reply``, else ``data.reply``, else ``output``."""
+    data = body.get("data")
+    candidates = (
+        body.get("reply"),
+        data.get("reply") if isinstance(data, Mapping) else None,
+        body.get("output"),
+    )
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate
+    return None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise BadGateway("the AI backend's answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadGateway(f"the AI backend's answer is JSON but not an object ({type(body).__name__})")
+    return body
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of the body, and whether there was more."""
+    chunks: list[bytes] = []
+    total = 0
+    async with aclosing(response.aiter_bytes()) as body:
+        async for chunk in body:
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
+
+
+@contextmanager
+def _map_exceptions(host: str, timeout: float) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException:
+        log.warning("gatewayd.ai.failed", host=host, reason="timeout", timeout=timeout)
+        raise AITimeout(f"the AI backend at {host} did not answer within {timeout:g} s") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        log.warning("gatewayd.ai.failed", host=host, reason=type(exc).__name__)
+        raise BadGateway(f"cannot reach the AI backend at {host}: {type(exc).__name__}") from None
+
+
+def _host_of(url: str) -> str:
+    try:
+        return httpx.URL(url).host or "?"
+    except (httpx.InvalidURL, TypeError):
+        return "?"
+
+
+# --- the /run request ------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunRequest:
+    """A ``POST /agents/{agentId}/run`` body, in either dialect (001 or 004), validated."""
+
+    message: str
+    session_jid: str | None  # WhatsApp's spelling; None when the client gave no session
+    openai_api_key: str | None = None
+    memory_enable: bool | None = None
+    context_memory: str | int | None = None
+    rag_enable: bool | None = None
+    metadata: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = None  # 004
+
+    def payload(self) -> dict[str, Any]:
+        """The body to POST to the AI backend for this request."""
+        return build_run_payload(
+            message=self.message,
+            session_id=self.session_jid,
+            openai_api_key=self.openai_api_key,
+            memory_enable=self.memory_enable,
+            context_memory=self.context_memory,
+            rag_enable=self.rag_enable,
+            metadata=self.metadata,
+            parameters=self.parameters,
+        )
+
+
+def build_run_payload(
+    *,
+    message: str,
+    session_id: str | None,
+    openai_api_key: str | None = None,
+    memory_enable: bool | None = None,
+    context_memory: str | int | None = None,
+    rag_enable: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    whatsapp_name: str | None = None,
+    chat_name: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Seed 001 §14.2's body. Options left None are omitted; ``sessionId`` is a JID in the
+    contract's ``@c.us`` spelling; ``whatsapp_name``/``chat_name`` go into ``metadata``
+    (which is always present, as the contract's example shows)."""
+    body: dict[str, Any] = {"message": message}
+    if session_id is not None:
+        body["sessionId"] = to_contract_jid(session_id)
+    options = {
+        "openai_api_key": openai_api_key,
+        "memory_enable": memory_enable,
+        "context_memory": context_memory,
+        "rag_enable": rag_enable,
+    }
+    body.update({key: value for key, value in options.items() if value is not None})
+    meta = dict(metadata or {})
+    if whatsapp_name is not None:
+        meta["whatsapp_name"] = whatsapp_name
+    if chat_name is not None:
+        meta["chat_name"] = chat_name
+    body["metadata"] = meta
+    if parameters is not None:
+        body["parameters"] = dict(parameters)
+    return body
+
+
+def parse_run_request(body: object, *, default_country_code: str = "62") -> RunRequest:
+    """Validate a /run body: 001's ``{message, sessionId, …}`` or 004's
+    ``{input, parameters, session_id}``. Where both spellings are present, 001's wins.
+    Unknown keys are ignored. Raises InvalidPayload (InvalidRecipient for the session)."""
+    if not isinstance(body, dict):
+        raise InvalidPayload("body must be a JSON object")
+    key = "message" if "message" in body else "input" if "input" in body else None
+    if key is None:
+        raise InvalidPayload("message is required (or input, in the 004 form)")
+    message = body[key]
+    if not isinstance(message, str):
+        raise InvalidPayload(f"{key} must be a string, not {_json_type(message)}")
+    if not message.strip():
+        raise InvalidPayload(f"{key} must not be empty")
+
+    session_key = "sessionId" if "sessionId" in body else "session_id"
+    session = body.get(session_key)
+    session_jid: str | None = None
+    if session is not None:
+        if isinstance(session, int) and not isinstance(session, bool):
+            session = str(session)  # a bare number sent as a JSON number
+        if not isinstance(session, str):
+            raise InvalidPayload(f"{session_key} must be a string, not {_json_type(session)}")
+        session_jid = normalize_recipient(session, default_country_code=default_country_code)
+
+    context_memory = body.get("context_memory")
+    if context_memory is not None and (
+        isinstance(context_memory, bool) or not isinstance(context_memory, str | int)
+    ):
+        raise InvalidPayload(
+            f"context_memory must be a string or a number, not {_json_type(context_memory)}"
+        )
+    return RunRequest(
+        message=message,
+        session_jid=session_jid,
+        openai_api_key=_optional(body, "openai_api_key", str),
+        memory_enable=_optional(body, "memory_enable", bool),
+        context_memory=context_memory,
+        rag_enable=_optional(body, "rag_enable", bool),
+        metadata=_optional(body, "metadata", dict),
+        parameters=_optional(body, "parameters", dict),
+    )
+
+
+def _optional(body: Mapping[str, Any], key: str, kind: type[T]) -> T | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind):
+        raise InvalidPayload(f"{key} must be {_TYPE_NAMES[kind]}, not {_json_type(value)}")
+    return value
+
+
+_TYPE_NAMES: dict[type, str] = {str: "a string", bool: "true or false", dict: "an object"}
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

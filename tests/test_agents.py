@@ -1,0 +1,346 @@
+"""The agent runtime on the real database and the simulated network."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from gatewayd.config import Config
+from gatewayd.errors import RateLimited, SessionNotReady
+from gatewayd.metrics import Metrics
+from gatewayd.nursery.agent import AgentHandle
+from gatewayd.nursery.agents import AgentSupervisor, record_only
+from gatewayd.nursery.bus import BusEvent, EventBus
+from gatewayd.nursery.commands import Outgoing
+from gatewayd.store import agents as agents_store
+from gatewayd.store import messages as messages_store
+from gatewayd.store.db import Database
+from gatewayd.store.messages import StoredInbound
+from gatewayd.whatsapp.port import InboundMessage
+from gatewayd.whatsapp.sim import SimulatedWhatsApp
+
+CUSTOMER = "6281111111111"
+
+
+@attrs.define
+class World:
+    db: Database
+    sim: SimulatedWhatsApp
+    metrics: Metrics
+    bus: EventBus
+    config: Config
+    nursery: trio.Nursery
+    sup: AgentSupervisor | None = None
+    cancel: trio.CancelScope | None = None
+
+    async def start_supervisor(self, forward: Any = record_only, *, restore: bool = True) -> AgentSupervisor:
+        sup = AgentSupervisor(db=self.db, backend=self.sim, metrics=self.metrics, bus=self.bus,
+                              config=lambda: self.config, forward=forward)
+        scope = trio.CancelScope()
+
+        async def run(*, task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await sup.run(restore=restore, task_status=task_status)
+
+        await self.nursery.start(run)
+        self.sup, self.cancel = sup, scope
+        return sup
+
+    async def stop_supervisor(self) -> None:
+        assert self.cancel is not None and self.sup is not None
+        handles = self.sup.handles()
+        self.cancel.cancel()
+        for handle in handles:
+            await handle.done.wait()
+        # Let the shutdown status write (shielded) finish.
+        while self.sup._nursery is not None:
+            await trio.sleep(0.01)
+
+    async def new_agent(self, agent_id: str) -> None:
+        await agents_store.create_agent(self.db, agent_id=agent_id, name=agent_id, user_id="u1", api_key="k")
+
+    async def paired_agent(self, agent_id: str, phone: str) -> AgentHandle:
+        """Create, start, scan the QR, and wait until connected."""
+        assert self.sup is not None
+        await self.new_agent(agent_id)
+        with self.bus.subscribe(agent_id) as events:
+            handle = await self.sup.start(agent_id)
+            await wait_for(events, lambda e: e.kind == "qr")
+            self.sim.scan(agent_id, phone)
+            await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+        return handle
+
+
+async def wait_for(sub: Any, predicate: Callable[[BusEvent], bool], timeout: float = 30) -> BusEvent:
+    # Under autojump_clock a deadline would fire while a database thread runs (the
+    # clock jumps whenever every task waits), so virtual-time tests wait unbounded and
+    # rely on pytest's faulthandler_timeout for hangs.
+    if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        timeout = float("inf")
+    with trio.fail_after(timeout):
+        async for event in sub:
+            if predicate(event):
+                return event
+    raise AssertionError("subscription ended")
+
+
+@pytest.fixture
+async def world(database: Database, nursery: trio.Nursery) -> AsyncIterator[World]:
+    config = Config.from_mapping({"agents": {"restart_initial": 0.05, "restart_max": 0.5}})
+    yield World(database, SimulatedWhatsApp(), Metrics(), EventBus(), config, nursery)
+
+
+async def test_scanning_the_qr_connects_and_persists(world: World) -> None:
+    """Pairing by scan stores the device and the connected status with its timestamp."""
+    await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    record = await agents_store.get_agent(world.db, "bot-a")
+    assert record is not None
+    assert record.status == "connected"
+    assert record.last_connected_at is not None
+    assert record.device_jid is not None and record.device_jid.startswith("628123450001")
+    assert record.phone_number == "628123450001"
+    assert handle.connected and handle.qr.latest is None  # the QR is gone once paired
+
+
+async def test_supervisor_restart_restores_connected_agents(world: World) -> None:
+    """Stopping and starting the whole supervisor reconnects every paired agent."""
+    await world.start_supervisor()
+    await world.paired_agent("bot-a", "628123450001")
+    await world.paired_agent("bot-b", "628123450002")
+    await world.stop_supervisor()
+    for agent_id in ("bot-a", "bot-b"):
+        record = await agents_store.get_agent(world.db, agent_id)
+        assert record is not None and record.status == "disconnected"
+        assert record.status_reason == "shutdown" and record.last_disconnected_at is not None
+    with world.bus.subscribe() as events:
+        sup = await world.start_supervisor()
+        connected: set[str] = set()
+        while connected != {"bot-a", "bot-b"}:
+            e = await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+            connected.add(e.agent_id)
+    assert all(h.connected for h in sup.handles())
+    sent = await sup.send("bot-b", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="after restart"))
+    assert world.sim.sent("bot-b")[-1].message_id == sent.message_id
+
+
+async def test_a_crashing_tree_restarts_while_another_agent_keeps_sending(world: World) -> None:
+    """An exception in one agent's tree restarts only that agent, counted, with backoff."""
+    crashes = 0
+
+    async def crashing_forward(handle: AgentHandle, stored: StoredInbound) -> str:
+        nonlocal crashes
+        if handle.agent_id == "fragile" and crashes < 2:
+            crashes += 1
+            raise RuntimeError("forwarder bug")
+        return "recorded"
+
+    sup = await world.start_supervisor(forward=crashing_forward)
+    fragile = await world.paired_agent("fragile", "628123450001")
+    await world.paired_agent("steady", "628123450002")
+    with world.bus.subscribe("fragile") as fragile_events:
+        world.sim.inject_text("fragile", CUSTOMER, "hello")
+        sent = []
+        for i in range(5):
+            sent.append(await sup.send("steady", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"m{i}")))
+        # The persisted message is re-handed after each restart until it is handled.
+        await wait_for(fragile_events, lambda e: e.kind == "handled")
+    assert crashes == 2 and fragile.restarts == 2
+    restarts = world.metrics.registry.get_sample_value("gatewayd_agent_restarts_total", {"agent": "fragile"})
+    assert restarts == 2
+    assert world.metrics.registry.get_sample_value("gatewayd_agent_restarts_total", {"agent": "steady"}) is None
+    assert [r.text for r in world.sim.sent("steady")] == [f"m{i}" for i in range(5)]
+    assert fragile.connected  # reconnected after the restarts
+    assert sup.get("steady") is not None and sup.get("steady").restarts == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "reason"),
+    [
+        ("log_out", "auth_failed", "logged_out:logged_out"),
+        ("replace_stream", "disconnected", "stream_replaced"),
+        ("outdated", "disconnected", "client_outdated"),
+        ("ban", "disconnected", "temporary_ban:"),
+    ],
+)
+async def test_terminal_events_stop_reconnects(
+    world: World, autojump_clock: trio.testing.MockClock, action: str, status: str, reason: str
+) -> None:
+    """Logged out, stream replaced, outdated and banned record status and reason, and never reconnect."""
+    await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    device = handle.record.device_jid
+    assert device is not None
+    attempts_before = len(world.sim.connect_attempts[device])
+    with world.bus.subscribe("bot-a") as events:
+        if action == "ban":
+            world.sim.ban("bot-a", 3600)
+        else:
+            getattr(world.sim, action)("bot-a")
+        event = await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == status)
+    assert event.data["reason"].startswith(reason)
+    await trio.sleep(600)  # ten virtual minutes: a blind reconnect would have happened
+    assert len(world.sim.connect_attempts[device]) == attempts_before
+    record = await agents_store.get_agent(world.db, "bot-a")
+    assert record is not None and record.status == status and record.status_reason.startswith(reason)  # type: ignore[union-attr]
+    if action == "log_out":
+        assert record.device_jid is None  # the device data is gone
+        assert device not in await world.sim.known_devices()
+
+
+async def test_lost_connection_reconnects_with_growing_backoff(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    """After a drop, failed connects are retried after 1, 2, 4, 8, 16 s (jitter within [d/2, d]), then it connects."""
+    await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    device = handle.record.device_jid
+    assert device is not None
+    world.sim.refuse_connections(device, 4)
+    with world.bus.subscribe("bot-a") as events:
+        dropped_at = trio.current_time()
+        world.sim.drop("bot-a")
+        await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "disconnected")
+        await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+    attempts = [dropped_at, *world.sim.connect_attempts[device][-5:]]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    # A healthy connection broke, so the schedule starts over at 1 s: 1, 2, 4, 8, 16.
+    assert len(gaps) == 5
+    for gap, base in zip(gaps, [1.0, 2.0, 4.0, 8.0, 16.0]):
+        assert base / 2 <= gap <= base, (gaps, base)
+    record = await agents_store.get_agent(world.db, "bot-a")
+    assert record is not None and record.status == "connected"
+
+
+async def test_inbound_is_persisted_before_it_is_published(world: World) -> None:
+    """The bus announces a message only once its row exists in the database."""
+    seen_rows: list[bool] = []
+
+    await world.start_supervisor()
+    await world.paired_agent("bot-a", "628123450001")
+    with world.bus.subscribe("bot-a") as events:
+        sent = world.sim.inject_text("bot-a", CUSTOMER, "persist me")
+        event = await wait_for(events, lambda e: e.kind == "message")
+        row = await world.db.run(
+            lambda conn: conn.execute(
+                "SELECT wa_message_id, text, direction FROM messages WHERE id = %s", (event.data["rowId"],)
+            ).fetchone()
+        )
+        seen_rows.append(row is not None)
+    assert seen_rows == [True]
+    assert row == (sent.id, "persist me", "inbound")
+
+
+async def test_unhandled_inbound_is_handed_again_after_a_restart(world: World) -> None:
+    """Messages persisted but never handled (a crash between) are forwarded at the next start; stale ones are not."""
+    await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    await world.stop_supervisor()
+    fresh = InboundMessage(id="3EB0FRESH", chat=f"{CUSTOMER}@s.whatsapp.net",
+                           sender=f"{CUSTOMER}@s.whatsapp.net", timestamp_ms=1_700_000_000_000, text="fresh")
+    stale = attrs.evolve(fresh, id="3EB0STALE", text="stale")
+    fresh_row = await messages_store.insert_inbound(world.db, handle.id, fresh)
+    stale_row = await messages_store.insert_inbound(world.db, handle.id, stale)
+    await world.db.run(lambda conn: conn.execute(
+        "UPDATE messages SET created_at = now() - interval '2 hours' WHERE id = %s", (stale_row,)
+    ) and None)
+    forwarded: list[InboundMessage] = []
+
+    async def forward(h: AgentHandle, stored: StoredInbound) -> str:
+        forwarded.append(stored.message)
+        return "forwarded"
+
+    with world.bus.subscribe("bot-a") as events:
+        await world.start_supervisor(forward=forward)
+        await wait_for(events, lambda e: e.kind == "handled")
+    assert forwarded == [fresh]  # exactly as it arrived, mentions and all
+    outcome = await world.db.run(lambda conn: conn.execute(
+        "SELECT id, outcome, handled_at IS NOT NULL FROM messages WHERE id IN (%s, %s) ORDER BY id",
+        (fresh_row, stale_row)).fetchall())
+    assert outcome == [(fresh_row, "forwarded", True), (stale_row, None, False)]
+
+
+async def test_the_501st_queued_send_is_refused_at_once(world: World) -> None:
+    """With 500 sends waiting, the next one is RateLimited without waiting; sends need a connection."""
+    world.config = attrs.evolve(world.config, agents=attrs.evolve(
+        world.config.agents, send_rate_per_minute=0.001, send_burst=1))
+    sup = await world.start_supervisor()
+    await world.new_agent("idle")
+    await sup.start("idle")
+    with pytest.raises(SessionNotReady):
+        sup.submit("idle", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="x"))
+    await world.paired_agent("bot-a", "628123450001")
+    first = await sup.send("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="first"))  # the burst token
+    assert first.message_id
+    replies = [sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}")) for i in range(500)]
+    assert sup.get("bot-a").queue_depth() == 500  # type: ignore[union-attr]
+    with pytest.raises(RateLimited):
+        sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="one too many"))
+    assert len(replies) == 500
+    assert world.metrics.registry.get_sample_value("whatsapp_errors_total", {"code": "RATE_LIMITED"}) == 1
+
+
+async def test_sends_are_recorded_with_their_trace_id(world: World) -> None:
+    """A send answers with WhatsApp's id and leaves an outbound row carrying the caller's traceId."""
+    sup = await world.start_supervisor()
+    await world.paired_agent("bot-a", "628123450001")
+    sent = await sup.send("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="hi"), trace_id="trace-42")
+    row = await world.db.run(lambda conn: conn.execute(
+        "SELECT wa_message_id, text, trace_id, status FROM messages WHERE id = %s", (sent.row_id,)).fetchone())
+    assert row == (sent.message_id, "hi", "trace-42", "sent")
+    assert world.metrics.registry.get_sample_value("whatsapp_messages_sent_total", {"agentId": "bot-a"}) == 1
+
+
+async def test_pairing_qr_rotates_on_schedule_then_fails(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An unscanned agent shows QRs at 0, 60, 80, 100, 120, 140 s and is auth_failed at 160 s."""
+    sup = await world.start_supervisor()
+    await world.new_agent("bot-a")
+    times: list[float] = []
+    with world.bus.subscribe("bot-a") as events:
+        start = trio.current_time()
+        handle = await sup.start("bot-a")
+        while True:
+            event = await wait_for(events, lambda e: e.kind in ("qr", "status"), timeout=600)
+            if event.kind == "qr":
+                times.append(trio.current_time() - start)
+                assert handle.qr.latest is not None and handle.qr.latest.payload == event.data["payload"]
+            elif event.data["status"] == "auth_failed":
+                failed_at = trio.current_time() - start
+                break
+    assert times == [0, 60, 80, 100, 120, 140]
+    assert failed_at == 160
+    assert handle.qr.latest is None
+    record = await agents_store.get_agent(world.db, "bot-a")
+    assert record is not None and record.status == "auth_failed" and record.status_reason == "pairing_failed:timeout"
+
+
+async def test_a_thousand_simulated_agents_start_in_one_process(world: World) -> None:
+    """1,000 agents pair and connect in one process (timing is measured in bench/, not here)."""
+    sup = await world.start_supervisor()
+    ids = [f"agent-{i:04d}" for i in range(1000)]
+    await world.db.run(lambda conn: conn.cursor().executemany(
+        "INSERT INTO agents (agent_id, name, user_id, api_key) VALUES (%s, %s, 'u', 'k')",
+        [(i, i) for i in ids]))
+    with world.bus.subscribe(buffer=10_000) as events:
+        for agent_id in ids:
+            await sup.start(agent_id)
+        connected: set[str] = set()
+        with trio.fail_after(300):
+            async for event in events:
+                if event.kind == "qr":  # a phone scans each QR as it shows
+                    world.sim.scan(event.agent_id, "62812" + event.agent_id[-4:].rjust(7, "0"))
+                elif event.kind == "status" and event.data["status"] == "connected":
+                    connected.add(event.agent_id)
+                    if len(connected) == 1000:
+                        break
+    assert sup.counts_by_status() == {"connected": 1000}
+    count = await world.db.run(lambda conn: conn.execute(
+        "SELECT count(*) FROM agents WHERE status = 'connected'").fetchone())
+    assert count == (1000,)
