@@ -139,7 +139,8 @@ def _phone_digits(text: str, default_country_code: str) -> str:
         digits = default_country_code + digits[1:]
     if len(digits) < MIN_DIGITS:
         raise InvalidRecipient(
-            f"{text!r} is too short: {len(digits)} digits with the country code, at least {MIN_DIGITS}"
+            f"{text!r} is too short: {len(digits)} digits with the country code, "
+            f"at least {MIN_DIGITS}"
         )
     if len(digits) > MAX_DIGITS:
         raise InvalidRecipient(
@@ -164,4 +165,6 @@ def _strip_device(local: str) -> str:
 def _check_country_code(code: str) -> None:
     # A configuration mistake, not a client's: ValueError, so it is not reported as a 400.
     if not (code.isdigit() and code.isascii() and 1 <= len(code) <= 3 and code[0] != "0"):
-        raise ValueError(f"default_country_code must be 1–3 digits not starting with 0, got {code!r}")
+        raise ValueError(
+            f"default_country_code must be 1–3 digits not starting with 0, got {code!r}"
+        )

@@ -57,9 +57,7 @@ class World:
         self.cancel.cancel()
         for handle in handles:
             await handle.done.wait()
-        # Let the shutdown status write (shielded) finish.
-        while self.sup._nursery is not None:
-            await trio.sleep(0.01)
+        await self.sup.finished.wait()  # the shutdown status write included
 
     async def new_agent(self, agent_id: str) -> None:
         await agents_store.create_agent(self.db, agent_id=agent_id, name=agent_id, user_id="u1", api_key="k")

@@ -104,7 +104,9 @@ def test_normalize_refuses_non_strings(value: object) -> None:
         ("6281234567890", "44", USER),
     ],
 )
-def test_default_country_code_applies_only_to_national_numbers(value: str, code: str, expected: str) -> None:
+def test_default_country_code_applies_only_to_national_numbers(
+    value: str, code: str, expected: str
+) -> None:
     """The configured country code replaces a leading 0 and nothing else."""
     assert normalize_recipient(value, default_country_code=code) == expected
 

@@ -18,7 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, InvalidPayload, InvalidRecipient
+from gatewayd.errors import (
+    AIDownstreamError,
+    AITimeout,
+    BadGateway,
+    InvalidPayload,
+    InvalidRecipient,
+)
 from gatewayd.outbound.ai import (
     EXCERPT_CHARS,
     MAX_ANSWER_BYTES,
@@ -57,7 +63,9 @@ ANSWERS: dict[str, Response] = {
     "no-content": Response(status_code=204),
     "text": PlainTextResponse("<html>gateway</html>"),
     "array": JSONResponse(["reply"]),
-    "huge": Response(b'{"reply": "' + b"x" * MAX_ANSWER_BYTES + b'"}', media_type="application/json"),
+    "huge": Response(
+        b'{"reply": "' + b"x" * MAX_ANSWER_BYTES + b'"}', media_type="application/json"
+    ),
     "fail": PlainTextResponse("boom " * 1000, status_code=500),
     "missing": JSONResponse({"error": "no such agent"}, status_code=404),
     "moved": Response(status_code=307, headers={"location": "/echo"}),
@@ -69,7 +77,10 @@ async def canned(request: Request) -> Response:
 
 
 APP = Starlette(
-    routes=[Route("/echo", echo, methods=["POST"]), Route("/canned/{name}", canned, methods=["POST"])]
+    routes=[
+        Route("/echo", echo, methods=["POST"]),
+        Route("/canned/{name}", canned, methods=["POST"]),
+    ]
 )
 
 
@@ -91,15 +102,30 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def call(client: httpx.AsyncClient, url: str, *, timeout: float = 5, **payload: Any) -> Any:
+async def call(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    timeout: float = 5,  # noqa: ASYNC109 - passed on to call_ai
+    **payload: Any,
+) -> Any:
     return await call_ai(
-        client, url, api_key=KEY, payload=payload or {"message": "hi"}, timeout=timeout, trace_id=TRACE
+        client,
+        url,
+        api_key=KEY,
+        payload=payload or {"message": "hi"},
+        timeout=timeout,
+        trace_id=TRACE,
     )
 
 
-async def test_success_sends_bearer_trace_id_and_json(client: httpx.AsyncClient, ai_base: str) -> None:
-    """A call posts the payload as JSON with the Bearer key and X-Request-ID, and reads the reply."""
-    payload = build_run_payload(message="Hello assistant!", session_id="6281234567890@s.whatsapp.net")
+async def test_success_sends_bearer_trace_id_and_json(
+    client: httpx.AsyncClient, ai_base: str
+) -> None:
+    """A call posts the payload as JSON with Bearer key and X-Request-ID, and reads the reply."""
+    payload = build_run_payload(
+        message="Hello assistant!", session_id="6281234567890@s.whatsapp.net"
+    )
     answer = await call_ai(
         client, f"{ai_base}/echo", api_key=KEY, payload=payload, timeout=5, trace_id=TRACE
     )
@@ -128,7 +154,7 @@ async def test_success_sends_bearer_trace_id_and_json(client: httpx.AsyncClient,
 async def test_answers_without_or_with_other_reply_shapes(
     client: httpx.AsyncClient, ai_base: str, name: str, reply: str | None, body: dict[str, Any]
 ) -> None:
-    """A 2xx answer without a usable reply is no reply; data.reply and output are read as replies."""
+    """A 2xx answer without a usable reply is no reply; data.reply and output count as replies."""
     answer = await call(client, f"{ai_base}/canned/{name}")
     assert (answer.reply, answer.body) == (reply, body)
 
@@ -137,7 +163,7 @@ async def test_answers_without_or_with_other_reply_shapes(
 async def test_non_2xx_is_downstream_error_with_capped_excerpt(
     client: httpx.AsyncClient, ai_base: str, name: str, status: int
 ) -> None:
-    """A non-2xx answer (redirects are not followed) raises AIDownstreamError with status and excerpt."""
+    """A non-2xx answer (redirects unfollowed) is AIDownstreamError with status and excerpt."""
     with pytest.raises(AIDownstreamError) as caught:
         await call(client, f"{ai_base}/canned/{name}")
     details = caught.value.details
@@ -181,7 +207,7 @@ async def test_invalid_url_is_bad_gateway(client: httpx.AsyncClient) -> None:
 async def test_silent_backend_times_out_at_the_deadline(
     client: httpx.AsyncClient, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
-    """A backend that reads the request and never answers raises AITimeout exactly at the deadline."""
+    """A backend that reads the request and never answers is AITimeout exactly at the deadline."""
     got_request = trio.Event()
 
     async def never_answer(stream: trio.SocketStream) -> None:
@@ -273,9 +299,18 @@ def test_parse_004_body() -> None:
     [
         ({"message": "m"}, RunRequest(message="m", session_jid=None)),
         ({"message": "m", "input": "i"}, RunRequest(message="m", session_jid=None)),
-        ({"message": "m", "sessionId": 6281234567890}, RunRequest("m", "6281234567890@s.whatsapp.net")),
-        ({"message": "m", "sessionId": "081234567890"}, RunRequest("m", "6281234567890@s.whatsapp.net")),
-        ({"message": "m", "sessionId": None, "metadata": None}, RunRequest(message="m", session_jid=None)),
+        (
+            {"message": "m", "sessionId": 6281234567890},
+            RunRequest("m", "6281234567890@s.whatsapp.net"),
+        ),
+        (
+            {"message": "m", "sessionId": "081234567890"},
+            RunRequest("m", "6281234567890@s.whatsapp.net"),
+        ),
+        (
+            {"message": "m", "sessionId": None, "metadata": None},
+            RunRequest(message="m", session_jid=None),
+        ),
         ({"message": "m", "context_memory": 100}, RunRequest("m", None, context_memory=100)),
         (
             {"message": "m", "sessionId": "120363025246125486@g.us", "session_id": "x"},
@@ -301,7 +336,10 @@ def test_parse_tolerates(body: dict[str, Any], expected: RunRequest) -> None:
         ({"message": "  "}, "message must not be empty"),
         ({"message": "m", "sessionId": ["628"]}, "sessionId must be a string, not an array"),
         ({"message": "m", "session_id": True}, "session_id must be a string, not a boolean"),
-        ({"message": "m", "memory_enable": "true"}, "memory_enable must be true or false, not a string"),
+        (
+            {"message": "m", "memory_enable": "true"},
+            "memory_enable must be true or false, not a string",
+        ),
         ({"message": "m", "rag_enable": 1}, "rag_enable must be true or false, not a number"),
         ({"message": "m", "openai_api_key": 1}, "openai_api_key must be a string, not a number"),
         ({"message": "m", "metadata": "vip"}, "metadata must be an object, not a string"),
@@ -334,7 +372,11 @@ def test_build_payload_for_the_forwarder() -> None:
     assert payload == {
         "message": "@bot hi",
         "sessionId": "120363025246125486@g.us",
-        "metadata": {"from": "6281234567890@c.us", "whatsapp_name": "Customer", "chat_name": "VIP Support"},
+        "metadata": {
+            "from": "6281234567890@c.us",
+            "whatsapp_name": "Customer",
+            "chat_name": "VIP Support",
+        },
     }
 
 

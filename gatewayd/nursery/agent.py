@@ -90,7 +90,9 @@ class AgentHandle:
         return cls(
             agent_id=record.agent_id, id=record.id, record=record, client=client, commands=send,
             commands_receive=receive, bucket=TokenBucket(rate_per_minute, burst),
-            status=record.status, status_reason=record.status_reason,
+            # Unknown until the tree says otherwise: the persisted status may be stale
+            # (a crash, a shutdown), and the first transition must always be written.
+            status="unknown", status_reason=None,
         )
 
     def queue_depth(self) -> int:

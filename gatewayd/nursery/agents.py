@@ -53,6 +53,8 @@ class AgentSupervisor:
         self.forward = forward
         self._handles: dict[str, AgentHandle] = {}
         self._nursery: trio.Nursery | None = None
+        #: Set once ``run`` has fully finished, shutdown bookkeeping included.
+        self.finished = trio.Event()
 
     # ------------------------------------------------------------------ the nursery
 
@@ -77,6 +79,7 @@ class AgentSupervisor:
                         await agents_store.mark_all_disconnected(self.db, ids, "shutdown")
                     except Exception:
                         log.warning("gatewayd.agents.shutdown_status_failed", exc_info=True)
+            self.finished.set()
 
     async def restore(self) -> int:
         records = await agents_store.list_restorable(self.db)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from contextlib import aclosing, contextmanager
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -28,6 +28,7 @@ import trio
 
 from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, InvalidPayload
 from gatewayd.jid import normalize_recipient, to_contract_jid
+from gatewayd.outbound import read_capped
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,7 @@ async def call_ai(
     *,
     api_key: str,
     payload: Mapping[str, Any],
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - also httpx's per-operation timeout and in messages
     trace_id: str,
 ) -> AIAnswer:
     """POST ``payload`` to the AI backend at ``url`` and return its answer.
@@ -73,10 +74,12 @@ async def call_ai(
     start = trio.current_time()
     try:
         with trio.fail_after(timeout), _map_exceptions(host, timeout):
-            request = client.build_request("POST", url, json=dict(payload), headers=headers, timeout=timeout)
+            request = client.build_request(
+                "POST", url, json=dict(payload), headers=headers, timeout=timeout
+            )
             response = await client.send(request, stream=True, follow_redirects=False)
             try:
-                raw, truncated = await _read_capped(response, MAX_ANSWER_BYTES)
+                raw, truncated = await read_capped(response, MAX_ANSWER_BYTES)
             finally:
                 await response.aclose()
     except trio.TooSlowError:
@@ -118,21 +121,10 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         raise BadGateway("the AI backend's answer is not JSON") from None
     if not isinstance(body, dict):
-        raise BadGateway(f"the AI backend's answer is JSON but not an object ({type(body).__name__})")
+        raise BadGateway(
+            f"the AI backend's answer is JSON but not an object ({type(body).__name__})"
+        )
     return body
-
-
-async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
-    """Up to ``cap`` bytes of the body, and whether there was more."""
-    chunks: list[bytes] = []
-    total = 0
-    async with aclosing(response.aiter_bytes()) as body:
-        async for chunk in body:
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > cap:
-                return b"".join(chunks)[:cap], True
-    return b"".join(chunks), False
 
 
 @contextmanager
@@ -142,9 +134,15 @@ def _map_exceptions(host: str, timeout: float) -> Iterator[None]:
     except httpx.TimeoutException:
         log.warning("gatewayd.ai.failed", host=host, reason="timeout", timeout=timeout)
         raise AITimeout(f"the AI backend at {host} did not answer within {timeout:g} s") from None
+    except httpx.ConnectError:
+        log.warning("gatewayd.ai.failed", host=host, reason="ConnectError")
+        raise BadGateway(f"cannot connect to the AI backend at {host}") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        # The type, not str(exc): httpx messages may quote the URL, credentials included.
         log.warning("gatewayd.ai.failed", host=host, reason=type(exc).__name__)
-        raise BadGateway(f"cannot reach the AI backend at {host}: {type(exc).__name__}") from None
+        raise BadGateway(
+            f"the call to the AI backend at {host} failed: {type(exc).__name__}"
+        ) from None
 
 
 def _host_of(url: str) -> str:

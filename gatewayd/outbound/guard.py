@@ -23,7 +23,7 @@ Redirects are not followed here; a caller follows them hop by hop through
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 import attrs
@@ -33,6 +33,7 @@ import trio
 from gatewayd.errors import AddressRefused, BadGateway, InvalidPayload
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SCHEMES = ("http", "https")
 
@@ -97,8 +98,13 @@ class CheckedURL:
         return self.url.host
 
 
-async def check_url(url: str | httpx.URL, *, allow_private: bool) -> CheckedURL:
+async def check_url(
+    url: str | httpx.URL, *, allow_private: bool, allowed_networks: Iterable[Network] = ()
+) -> CheckedURL:
     """Resolve ``url``'s host and check every address it resolves to.
+
+    ``allow_private`` allows every address; ``allowed_networks`` allows just the
+    addresses inside them (one internal media host, say, without the metadata service).
 
     Raises InvalidPayload for a malformed URL or a scheme other than http/https,
     BadGateway when the host does not resolve, AddressRefused when any address is refused
@@ -130,7 +136,10 @@ async def check_url(url: str | httpx.URL, *, allow_private: bool) -> CheckedURL:
     if not addresses:
         raise BadGateway(f"cannot resolve {host}: no addresses")
     if not allow_private:
+        allowed = tuple(allowed_networks)
         for address in addresses:
+            if any(address.version == net.version and address in net for net in allowed):
+                continue
             reason = refusal_reason(address)
             if reason is not None:
                 raise AddressRefused(
@@ -147,7 +156,7 @@ async def open_checked(
     *,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - httpx's per-operation timeout
 ) -> AsyncIterator[httpx.Response]:
     """Send one request to ``checked`` and yield the streaming response (closed on exit).
 
@@ -162,7 +171,10 @@ async def open_checked(
         targets = [checked.url]
     for index, target in enumerate(targets):
         request = client.build_request(
-            method, target, headers=extra, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+            method,
+            target,
+            headers=extra,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
         )
         try:
             response = await client.send(request, stream=True, follow_redirects=False)

@@ -13,8 +13,8 @@ import base64
 import binascii
 import email.message
 import re
-from collections.abc import Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from urllib.parse import unquote
 
 import attrs
@@ -22,10 +22,12 @@ import httpx
 import trio
 
 from gatewayd.errors import BadGateway, GatewayError, InvalidPayload, MediaTooLarge
-from gatewayd.outbound.guard import CheckedURL, check_url, open_checked
+from gatewayd.outbound import read_capped
+from gatewayd.outbound.guard import CheckedURL, Network, check_url, open_checked
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_HEADERS = {"Accept-Encoding": "identity"}
 _WHITESPACE = re.compile(r"\s+")
 _DATA_URL = re.compile(r"data:(?P<type>[^,;]*)(?P<params>(?:;[^,;]*)*),", re.IGNORECASE)
 
@@ -45,9 +47,12 @@ async def fetch_media(
     *,
     max_bytes: int,
     allow_private: bool,
-    timeout: float = 30,
+    allowed_networks: Iterable[Network] = (),
+    timeout: float = 30,  # noqa: ASYNC109 - also httpx's per-operation timeout and in messages
 ) -> FetchedMedia:
     """Download ``url`` (at most ``max_bytes``, ``timeout`` seconds in all).
+
+    ``allow_private`` and ``allowed_networks`` are the guard's (``check_url``), for every hop.
 
     Raises InvalidPayload (malformed URL, bad scheme), AddressRefused (any hop resolves
     to a refused address), MediaTooLarge (declared or actual size over the cap), and
@@ -56,18 +61,38 @@ async def fetch_media(
     with trio.move_on_after(timeout):
         # The first URL is the client's: its mistakes are 400s. Redirect targets are the
         # server's, so their malformations are BadGateway (see _follow).
-        checked = await check_url(url, allow_private=allow_private)
-        return await _download(client, checked, max_bytes=max_bytes, allow_private=allow_private)
+        policy = _Policy(allow_private, tuple(allowed_networks))
+        checked = await policy.check(url)
+        return await _download(client, checked, max_bytes=max_bytes, policy=policy, timeout=timeout)
     # Resolving counts against the timeout too; the URL parsed, or check_url had raised.
     raise BadGateway(f"media from {httpx.URL(url).host} did not arrive within {timeout:g} s")
 
 
+@attrs.frozen
+class _Policy:
+    allow_private: bool
+    allowed_networks: tuple[Network, ...]
+
+    async def check(self, url: str | httpx.URL) -> CheckedURL:
+        return await check_url(
+            url, allow_private=self.allow_private, allowed_networks=self.allowed_networks
+        )
+
+
 async def _download(
-    client: httpx.AsyncClient, checked: CheckedURL, *, max_bytes: int, allow_private: bool
+    client: httpx.AsyncClient,
+    checked: CheckedURL,
+    *,
+    max_bytes: int,
+    policy: _Policy,
+    timeout: float,  # noqa: ASYNC109 - httpx's per-operation timeout; fetch_media has the deadline
 ) -> FetchedMedia:
     for _ in range(MAX_REDIRECTS + 1):
-        with _map_exceptions(checked.host):
-            async with open_checked(client, checked) as response:
+        with _map_exceptions(checked.host, timeout):
+            # Images are compressed already; identity keeps a deflate bomb off the wire.
+            # The per-operation timeout is the whole one, so the client's default (maybe
+            # shorter) does not decide; the deadline in fetch_media bounds the total.
+            async with open_checked(client, checked, headers=_HEADERS, timeout=timeout) as response:
                 status = response.status_code
                 location = response.headers.get("location")
                 if status not in _REDIRECT_STATUSES or location is None:
@@ -81,14 +106,13 @@ async def _download(
                         data, _media_type(response.headers), _filename(response, checked.url)
                     )
         # The redirect's body is never read; leaving the block closed its connection.
-        checked = await _follow(checked, location, allow_private=allow_private)
+        checked = await _follow(checked, location, policy)
     raise BadGateway(f"media URL redirected more than {MAX_REDIRECTS} times")
 
 
-async def _follow(checked: CheckedURL, location: str, *, allow_private: bool) -> CheckedURL:
+async def _follow(checked: CheckedURL, location: str, policy: _Policy) -> CheckedURL:
     try:
-        target = checked.url.join(location)
-        return await check_url(target, allow_private=allow_private)
+        return await policy.check(checked.url.join(location))
     except (httpx.InvalidURL, InvalidPayload) as exc:
         message = exc.message if isinstance(exc, GatewayError) else str(exc)
         raise BadGateway(f"media URL redirected to an unusable URL: {message}") from None
@@ -102,30 +126,27 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
             f"media is {int(declared)} bytes, over the limit of {max_bytes} bytes",
             details={"limit": max_bytes, "size": int(declared)},
         )
-    chunks: list[bytes] = []
-    total = 0
-    # aiter_bytes decodes Content-Encoding, so an inflating body is counted as it inflates.
-    async with aclosing(response.aiter_bytes()) as body:
-        async for chunk in body:
-            total += len(chunk)
-            if total > max_bytes:
-                raise MediaTooLarge(
-                    f"media is over the limit of {max_bytes} bytes", details={"limit": max_bytes}
-                )
-            chunks.append(chunk)
-    return b"".join(chunks)
+    # Counted after Content-Encoding is undone, so an inflating body is stopped as it inflates.
+    data, over = await read_capped(response, max_bytes)
+    if over:
+        raise MediaTooLarge(
+            f"media is over the limit of {max_bytes} bytes", details={"limit": max_bytes}
+        )
+    return data
 
 
 @contextmanager
-def _map_exceptions(host: str) -> Iterator[None]:
+def _map_exceptions(host: str, timeout: float) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException:
-        raise BadGateway(f"media from {host} timed out") from None
+        raise BadGateway(f"media from {host} did not arrive within {timeout:g} s") from None
     except httpx.ConnectError as exc:
         raise BadGateway(f"cannot connect to {host}: {exc}") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise BadGateway(f"fetching media from {host} failed: {type(exc).__name__}: {exc}") from None
+        raise BadGateway(
+            f"fetching media from {host} failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _media_type(headers: httpx.Headers) -> str | None:
