@@ -114,6 +114,23 @@ class MediaConfig:
 
 
 @attrs.frozen
+class ForwardingConfig:
+    #: Forward inbound text messages to the agent's AI endpoint.
+    enabled: bool = attrs.field(default=True, metadata=_live())
+    #: Number that gets a report when an AI call for an inbound message fails
+    #: (e.g. "62895619356936"); empty: no report.
+    developer_number: str = attrs.field(default="", metadata=_live())
+
+
+@attrs.frozen
+class SessionsConfig:
+    #: Seconds POST /sessions/{id}/qr and /reconnect wait for a QR.
+    qr_wait: float = attrs.field(default=60.0, metadata=_live())
+    #: Seconds POST /sessions waits for the first QR before answering without one.
+    create_qr_wait: float = attrs.field(default=5.0, metadata=_live())
+
+
+@attrs.frozen
 class AgentsConfig:
     #: Sends waiting per agent (the FIFO queue); one more is refused with 429.
     queue_size: int = attrs.field(default=500, metadata=_restart())
@@ -143,6 +160,8 @@ class Config:
     ai: AIConfig = attrs.field(factory=AIConfig)
     media: MediaConfig = attrs.field(factory=MediaConfig)
     agents: AgentsConfig = attrs.field(factory=AgentsConfig)
+    forwarding: ForwardingConfig = attrs.field(factory=ForwardingConfig)
+    sessions: SessionsConfig = attrs.field(factory=SessionsConfig)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -277,6 +296,9 @@ def _check_values(config: Config) -> Iterator[str]:
         yield "database.url: expected a postgresql:// URL"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", d.api_keys_table):
         yield f"database.api_keys_table: {d.api_keys_table!r} is not a table name (schema.table allowed)"
+    dev = config.forwarding.developer_number
+    if dev and not re.fullmatch(r"\+?[0-9]{8,15}", dev):
+        yield f"forwarding.developer_number: {dev!r} is not a phone number (8-15 digits)"
     a = config.agents
     if a.queue_size < 1 or a.send_burst < 1 or a.send_rate_per_minute <= 0 or a.bus_buffer < 1:
         yield "agents: queue_size, send_burst, bus_buffer must be >= 1 and send_rate_per_minute > 0"

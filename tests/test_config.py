@@ -122,6 +122,7 @@ def test_every_key_has_an_environment_name() -> None:
                 "log.level": "error", "log.format": "json", "whatsapp.mode": "sim",
                 "database.url": "postgresql://u@h/d", "database.api_keys_table": "keys",
                 "whatsapp.default_country_code": "44", "database.pool_min": "2",
+                "forwarding.developer_number": "6281234567890",
             }
             sample = special.get(f"{section.name}.{field.name}") or samples.get(type(default))
             if sample is None:  # other strings: any value different from the default

@@ -16,7 +16,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import http.cookiejar
+
 import attrs
+import httpx
 import structlog
 import trio
 
@@ -28,12 +31,22 @@ from gatewayd.metrics import Metrics
 from gatewayd.notify import Notifier
 from gatewayd.nursery.agents import AgentSupervisor
 from gatewayd.nursery.bus import EventBus
+from gatewayd.nursery.cleanup import run_cleanup
+from gatewayd.nursery.forwarder import Forwarder
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.embedded import open_embedded_postgres
 from gatewayd.store.migrations import migrate_up
 from gatewayd.whatsapp.port import WhatsAppBackend
 
 log = structlog.get_logger()
+
+
+def new_http_client() -> httpx.AsyncClient:
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(
+        trust_env=False, cookies=no_cookies, follow_redirects=False,
+        timeout=httpx.Timeout(30.0), headers={"User-Agent": "gatewayd"},
+    )
 
 
 @attrs.define(eq=False)
@@ -54,7 +67,11 @@ class Gateway:
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
     #: The addresses HTTP listens on, once it does.
     http_binds: list[str] = attrs.field(factory=list)
+    #: The one outbound HTTP client (AI backend, media URLs): no proxies from the
+    #: environment, no cookies carried from one tenant's request to another's.
+    http: httpx.AsyncClient = attrs.field(factory=lambda: new_http_client())
     _hypercorn: Any = None
+    _nursery: trio.Nursery | None = None
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_at
@@ -65,6 +82,11 @@ class Gateway:
     def refresh_gauges(self) -> None:
         """Bring gauges that are computed on demand up to date (before /metrics)."""
         self.agents.refresh_gauges()
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` in the background, in the supervisor's nursery."""
+        assert self._nursery is not None, "the gateway is not running"
+        self._nursery.start_soon(fn, *args)
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -185,7 +207,9 @@ async def run_gateway(
                     bus=bus, agents=agents, config_path=config_path, environ=environ,
                 )
                 holder.append(gateway)
-                await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
+                agents.forward = Forwarder(gateway)
+                async with gateway.http:
+                    await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
     finally:
         notifier.close()
     log.info("gatewayd.stopped")
@@ -194,11 +218,13 @@ async def run_gateway(
 async def _run_tasks(gateway: Gateway, *, handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
     config = gateway.config
     async with trio.open_nursery() as nursery:
+        gateway._nursery = nursery
         if handle_signals:
             await nursery.start(_serve_signals, gateway)
         await nursery.start(gateway.notifier.run_watchdog)
         await gateway.notifier.status("starting: agents")
         await nursery.start(gateway.agents.run)
+        await nursery.start(lambda task_status: run_cleanup(lambda: gateway.config, task_status=task_status))
         app = create_app(gateway)
         hc = hypercorn_config(config.server.host, config.server.port, config.server.shutdown_grace)
         gateway._hypercorn = hc

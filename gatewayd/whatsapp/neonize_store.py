@@ -90,7 +90,9 @@ def neonize_url(params: dict[str, str], *, schema: str) -> str:
     return f"postgres://{auth}{netloc_host}:{port}/{dbname}?{urlencode(query)}"
 
 
-def prepare_store(dsn: str, *, schema: str, embedded: bool) -> WhatsmeowStore:
+def prepare_store(
+    dsn: str, *, schema: str, embedded: bool, idle_session_timeout: str = IDLE_SESSION_TIMEOUT
+) -> WhatsmeowStore:
     """Create the schema (and with ``embedded`` the role); return where neonize connects.
 
     Blocking. Runs before any neonize call; whatsmeow's own tables are created afterwards by
@@ -105,13 +107,15 @@ def prepare_store(dsn: str, *, schema: str, embedded: bool) -> WhatsmeowStore:
                 return WhatsmeowStore(dsn, neonize_url(params, schema=schema), schema, params.get("user", ""))
             role = f"{params.get('user', 'gatewayd')}_whatsmeow"
             password = _neonize_role_password(params.get("password", ""))
-            _ensure_role(conn, role, password, params.get("dbname", ""), schema)
+            _ensure_role(conn, role, password, params.get("dbname", ""), schema, idle_session_timeout)
     return WhatsmeowStore(
         dsn, neonize_url(params | {"user": role, "password": password}, schema=schema), schema, role
     )
 
 
-def _ensure_role(conn: psycopg.Connection, role: str, password: str, dbname: str, schema: str) -> None:
+def _ensure_role(
+    conn: psycopg.Connection, role: str, password: str, dbname: str, schema: str, idle: str
+) -> None:
     """The dedicated neonize role: owns the schema, has the idle timeout."""
     ident = sql.Identifier(role)
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
@@ -123,7 +127,7 @@ def _ensure_role(conn: psycopg.Connection, role: str, password: str, dbname: str
     conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident, sql.Literal(password)))
     conn.execute(
         sql.SQL("ALTER ROLE {} SET idle_session_timeout = {}").format(
-            ident, sql.Literal(IDLE_SESSION_TIMEOUT)
+            ident, sql.Literal(idle)
         )
     )
     if dbname:

@@ -1,0 +1,62 @@
+"""The cleanup timer: delete media previews older than ``media.preview_ttl`` from
+``media.temp_dir`` every ``media.cleanup_interval`` seconds.
+
+Only files the daemon wrote (``PREVIEW_PREFIX``) are touched: TEMP_DIR may be shared.
+Both times are read on every round, so a SIGHUP changes them without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+import trio
+
+from gatewayd.config import Config
+
+log = structlog.get_logger()
+
+PREVIEW_PREFIX = "gatewayd-preview-"
+
+
+def delete_old_previews(directory: Path, *, older_than: float, now: float) -> list[str]:
+    """Blocking: remove our preview files whose mtime is more than ``older_than`` s before ``now``."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(PREVIEW_PREFIX) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except FileNotFoundError:
+            continue  # someone else removed it first
+    return removed
+
+
+async def run_cleanup(
+    config: Callable[[], Config],
+    *,
+    now: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    task_status.started()
+    while True:
+        await trio.sleep(config().media.cleanup_interval)
+        media = config().media
+        try:
+            removed = await trio.to_thread.run_sync(
+                lambda: delete_old_previews(Path(media.temp_dir), older_than=media.preview_ttl, now=now())
+            )
+        except OSError as exc:
+            log.warning("gatewayd.cleanup.failed", error=str(exc))
+            continue
+        if removed:
+            log.info("gatewayd.cleanup.removed", count=len(removed))

@@ -1,0 +1,188 @@
+"""The inbound forwarder (seed 001 §7–§8): filter → typing → AI → reply.
+
+Each persisted inbound message comes here once (again after a restart if it was never
+handled). What is ignored, what is sent to the AI, and what became of it ends up as the
+message's ``outcome``; every AI call is recorded in ``ai_executions``. When the AI times
+out or fails, the user gets no reply and the developer number gets a report.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayError
+from gatewayd.jid import normalize_recipient, to_contract_jid
+from gatewayd.nursery.commands import Outgoing
+from gatewayd.outbound.ai import AIAnswer, build_run_payload, call_ai
+from gatewayd.store.executions import record_execution
+from gatewayd.store.messages import StoredInbound
+from gatewayd.whatsapp.port import InboundMessage, Quote
+
+if TYPE_CHECKING:
+    from gatewayd.nursery.agent import AgentHandle
+    from gatewayd.nursery.supervisor import Gateway
+
+log = structlog.get_logger()
+
+
+def ignore_reason(message: InboundMessage, *, own_jids: set[str], own_phone: str | None) -> str | None:
+    """Why this message is not forwarded, or None when it is (001 §7)."""
+    if message.is_status_broadcast:
+        return "status_broadcast"
+    if message.is_newsletter:
+        return "newsletter"
+    if message.is_from_me:
+        return "from_me"
+    if message.is_group and not mentions_agent(message, own_jids=own_jids, own_phone=own_phone):
+        return "group_without_mention"
+    if not (message.text or "").strip():
+        return "media" if message.media_type else "empty"
+    return None
+
+
+def mentions_agent(message: InboundMessage, *, own_jids: set[str], own_phone: str | None) -> bool:
+    """Mentioned by phone JID or LID in the mention list, or as ``@628…`` in the text."""
+    if own_jids.intersection(message.mentioned_jids):
+        return True
+    if own_phone and message.text:
+        return re.search(rf"@{re.escape(own_phone)}(?!\d)", message.text) is not None
+    return False
+
+
+def _own_identity(handle: AgentHandle) -> tuple[set[str], str | None]:
+    record = handle.record
+    jids: set[str] = set()
+    phone = record.phone_number
+    if phone:
+        jids.add(f"{phone}@s.whatsapp.net")
+    if record.lid:
+        jids.add(record.lid if "@" in record.lid else f"{record.lid}@lid")
+    return jids, phone
+
+
+class Forwarder:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, handle: AgentHandle, stored: StoredInbound) -> str:
+        gateway, message = self.gateway, stored.message
+        trace_id = stored.trace_id or uuid.uuid4().hex
+        with structlog.contextvars.bound_contextvars(traceId=trace_id):
+            own_jids, own_phone = _own_identity(handle)
+            reason = ignore_reason(message, own_jids=own_jids, own_phone=own_phone)
+            if reason is not None:
+                log.debug("gatewayd.forward.ignored", reason=reason, messageId=message.id)
+                return f"ignored:{reason}"
+            if not gateway.config.forwarding.enabled:
+                return "recorded"
+            return await self._forward(handle, stored, trace_id)
+
+    async def _forward(self, handle: AgentHandle, stored: StoredInbound, trace_id: str) -> str:
+        gateway, message = self.gateway, stored.message
+        payload = build_run_payload(
+            message=message.text or "",
+            session_id=message.chat,
+            whatsapp_name=message.push_name,
+            chat_name=message.chat if message.is_group else message.push_name,
+            metadata={"from": to_contract_jid(message.sender), "messageId": message.id,
+                      "isGroup": message.is_group, "timestamp": message.timestamp_ms},
+        )
+        await self._typing(handle, message.chat, True)
+        try:
+            answer = await ai_call(gateway, handle, payload, trace_id=trace_id, message_row=stored.row_id)
+        except GatewayError as exc:
+            reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
+            log.warning("gatewayd.forward.ai_failed", reason=reason, error=exc.message)
+            await self._typing(handle, message.chat, False)
+            await self._report(handle, message, reason, trace_id)
+            return f"failed:{reason}"
+        await self._typing(handle, message.chat, False)
+        if not answer.reply:
+            return "no_reply"
+        quote = None
+        if message.is_group:
+            quote = Quote(message_id=message.id, sender=message.sender, chat=message.chat, text=message.text)
+        try:
+            await gateway.agents.send(
+                handle.agent_id, Outgoing(to=message.chat, text=answer.reply, quote=quote), trace_id
+            )
+        except (GatewayError, trio.TooSlowError) as exc:
+            log.warning("gatewayd.forward.reply_failed", error=str(exc))
+            return "reply_failed"
+        return "replied"
+
+    async def _typing(self, handle: AgentHandle, chat: str, on: bool) -> None:
+        if not handle.connected:
+            return
+        try:
+            await handle.client.set_typing(chat, on)
+        except GatewayError as exc:
+            # Typing is a courtesy: failing to show it never stops the forwarding.
+            log.debug("gatewayd.forward.typing_failed", error=exc.message)
+
+    async def _report(self, handle: AgentHandle, message: InboundMessage, reason: str, trace_id: str) -> None:
+        number = self.gateway.config.forwarding.developer_number
+        if not number:
+            return
+        text = (
+            "[gatewayd] AI forwarding failed\n"
+            f"agentId: {handle.agent_id}\n"
+            f"from: {to_contract_jid(message.sender)}\n"
+            f"text: {(message.text or '')[:500]}\n"
+            f"reason: {reason}\n"
+            f"traceId: {trace_id}\n"
+            f"timestamp: {datetime.now(UTC).isoformat()}"
+        )
+        try:
+            to = normalize_recipient(number, default_country_code=self.gateway.config.whatsapp.default_country_code)
+            await self.gateway.agents.send(handle.agent_id, Outgoing(to=to, text=text), trace_id)
+        except (GatewayError, trio.TooSlowError) as exc:
+            log.warning("gatewayd.forward.report_failed", error=str(exc))
+
+
+def ai_endpoint(gateway: Gateway, handle_or_record: Any) -> str | None:
+    """The agent's ``endpoint_url_run``, else ``${AI_BACKEND_URL}/agents/{agentId}/run``."""
+    record = getattr(handle_or_record, "record", handle_or_record)
+    if record.endpoint_url_run:
+        return str(record.endpoint_url_run)
+    base = gateway.config.ai.backend_url.rstrip("/")
+    return f"{base}/agents/{record.agent_id}/run" if base else None
+
+
+async def ai_call(
+    gateway: Gateway, handle_or_record: Any, payload: dict[str, Any], *, trace_id: str,
+    message_row: int | None = None,
+) -> AIAnswer:
+    """Call the agent's AI endpoint; record the execution and the latency either way."""
+    record = getattr(handle_or_record, "record", handle_or_record)
+    url = ai_endpoint(gateway, record)
+    if url is None:
+        raise BadGateway("No AI endpoint: the agent has no endpoint_url_run and ai.backend_url is not set")
+    begin = trio.current_time()
+    try:
+        answer = await call_ai(gateway.http, url, api_key=record.api_key, payload=payload,
+                               timeout=gateway.config.ai.timeout, trace_id=trace_id)
+    except GatewayError as exc:
+        duration = trio.current_time() - begin
+        gateway.metrics.wa_ai_latency.observe(duration)
+        code = "AI_TIMEOUT" if isinstance(exc, AITimeout) else (
+            "AI_DOWNSTREAM_ERROR" if isinstance(exc, AIDownstreamError) else "BAD_GATEWAY")
+        gateway.metrics.wa_errors.labels(code).inc()
+        await record_execution(
+            gateway.db, record.id, request=payload, response=None, duration=duration,
+            status="timeout" if isinstance(exc, AITimeout) else "error", error=exc.message,
+            trace_id=trace_id, message_id=message_row,
+        )
+        raise
+    gateway.metrics.wa_ai_latency.observe(answer.duration)
+    await record_execution(
+        gateway.db, record.id, request=payload, response=answer.body, duration=answer.duration,
+        status="success", trace_id=trace_id, message_id=message_row,
+    )
+    return answer

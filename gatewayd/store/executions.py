@@ -1,0 +1,35 @@
+"""The ai_executions table: every AI call, its request, answer, time and outcome."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from gatewayd.store.db import Connection, Database
+
+
+async def record_execution(
+    db: Database,
+    agent_uuid: uuid.UUID,
+    *,
+    request: dict[str, Any],
+    response: dict[str, Any] | None,
+    duration: float,
+    status: str,
+    error: str | None = None,
+    trace_id: str | None = None,
+    message_id: int | None = None,
+) -> int:
+    def work(conn: Connection) -> int:
+        row = conn.execute(
+            "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status, error,"
+            " trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (agent_uuid, message_id, Jsonb(request), Jsonb(response) if response is not None else None,
+             max(0, round(duration * 1000)), status, error, trace_id),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return await db.run(work)
