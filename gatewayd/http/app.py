@@ -50,8 +50,9 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 def create_app(gateway: Gateway, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     settings: Callable[[], Any] = lambda: gateway.config  # noqa: E731 - read live on every request
     from gatewayd.http.routes_agents import agents_routes
+    from gatewayd.http.routes_docs import docs_routes
 
-    routes = [*ops_routes(), *agents_routes(), *extra_routes]
+    routes = [*ops_routes(), *agents_routes(), *docs_routes(), *extra_routes]
     if gateway.config.whatsapp.mode == "sim":
         # The simulated network's control API exists in sim mode only.
         from gatewayd.http.routes_sim import sim_routes
