@@ -50,10 +50,10 @@ async def run_cleanup(
     task_status.started()
     while True:
         await trio.sleep(config().media.cleanup_interval)
-        media = config().media
+        media, at = config().media, now()
         try:
             removed = await trio.to_thread.run_sync(
-                lambda: delete_old_previews(Path(media.temp_dir), older_than=media.preview_ttl, now=now())
+                lambda: delete_old_previews(Path(media.temp_dir), older_than=media.preview_ttl, now=at)
             )
         except OSError as exc:
             log.warning("gatewayd.cleanup.failed", error=str(exc))
