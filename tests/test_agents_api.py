@@ -311,6 +311,7 @@ async def test_not_connected_is_409_and_full_queue_is_429_at_once(running: Runni
         r = await running.client.post("/agents/support-bot/messages", json={"to": CUSTOMER, "message": "x"},
                                       headers=auth())
     assert r.status_code == 429 and r.json()["error"]["code"] == "RATE_LIMITED"
+    assert 'whatsapp_errors_total{code="RATE_LIMITED"} 1.0' in (await running.client.get("/metrics")).text
 
 
 # ------------------------------------------------------------------------- media

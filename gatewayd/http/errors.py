@@ -85,7 +85,9 @@ def error_body(scope: Scope, code: str, message: str, details: object, trace_id:
 
 def error_response(scope: Scope, exc: BaseException) -> JSONResponse:
     status, code, message, details = classify(exc)
-    trace_id = scope.get("state", {}).get("trace_id", "")
+    state = scope.setdefault("state", {})
+    trace_id = state.get("trace_id", "")
+    state["error_code"] = code  # RequestMetrics counts whatsapp_errors_total by it
     headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
     return JSONResponse(
         error_body(scope, code, message, details, trace_id), status_code=status, headers=headers

@@ -116,6 +116,9 @@ class RequestMetrics:
             method = scope.get("method", "")
             self.metrics.http_requests.labels(method, template, str(status)).inc()
             self.metrics.http_duration.labels(method, template).observe(time.perf_counter() - begin)
+            code = scope.get("state", {}).get("error_code")
+            if code is not None:
+                self.metrics.wa_errors.labels(code).inc()
             log.debug("gatewayd.http.request", method=method, route=template, status=status)
 
 

@@ -311,7 +311,6 @@ class AgentTree:
                 answered = True
             except GatewayError as exc:
                 log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
-                self.sup.metrics.wa_errors.labels(type(exc).__name__).inc()
                 _answer(command, outcome.Error(exc))
                 answered = True
             finally:

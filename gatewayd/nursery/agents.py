@@ -183,7 +183,6 @@ class AgentSupervisor:
         try:
             handle.commands.send_nowait(command)
         except trio.WouldBlock:
-            self.metrics.wa_errors.labels("RATE_LIMITED").inc()
             raise RateLimited(
                 f"{self.config().agents.queue_size} messages are already waiting for agent {agent_id!r}"
             ) from None

@@ -95,7 +95,8 @@ class Forwarder:
         )
         await self._typing(handle, message.chat, True)
         try:
-            answer = await ai_call(gateway, handle, payload, trace_id=trace_id, message_row=stored.row_id)
+            answer = await ai_call(gateway, handle, payload, trace_id=trace_id, message_row=stored.row_id,
+                                   count_errors=True)
         except GatewayError as exc:
             reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
             log.warning("gatewayd.forward.ai_failed", reason=reason, error=exc.message)
@@ -157,9 +158,12 @@ def ai_endpoint(gateway: Gateway, handle_or_record: Any) -> str | None:
 
 async def ai_call(
     gateway: Gateway, handle_or_record: Any, payload: dict[str, Any], *, trace_id: str,
-    message_row: int | None = None,
+    message_row: int | None = None, count_errors: bool = False,
 ) -> AIAnswer:
-    """Call the agent's AI endpoint; record the execution and the latency either way."""
+    """Call the agent's AI endpoint; record the execution and the latency either way.
+
+    ``count_errors``: count a failure in whatsapp_errors_total here (the forwarder);
+    HTTP callers leave it to the HTTP edge, which counts every error answer once."""
     record = getattr(handle_or_record, "record", handle_or_record)
     url = ai_endpoint(gateway, record)
     if url is None:
@@ -173,7 +177,8 @@ async def ai_call(
         gateway.metrics.wa_ai_latency.observe(duration)
         code = "AI_TIMEOUT" if isinstance(exc, AITimeout) else (
             "AI_DOWNSTREAM_ERROR" if isinstance(exc, AIDownstreamError) else "BAD_GATEWAY")
-        gateway.metrics.wa_errors.labels(code).inc()
+        if count_errors:
+            gateway.metrics.wa_errors.labels(code).inc()
         await record_execution(
             gateway.db, record.id, request=payload, response=None, duration=duration,
             status="timeout" if isinstance(exc, AITimeout) else "error", error=exc.message,
