@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -51,11 +53,19 @@ def ensure_bot_tag_env(argv: list[str]) -> None:
 
 
 def import_neonize() -> ModuleType:
-    """Import ``neonize.client`` and remove the root handler neonize's ``basicConfig`` added."""
+    """Import ``neonize.client`` and remove the root handler neonize's ``basicConfig`` added.
+
+    neonize's import also leaks an ``os.popen("uname -a")`` pipe (``utils/platform.py``); its
+    ``ResourceWarning`` is silenced and the pipe collected here, once.
+    """
     root = logging.getLogger()
     before = list(root.handlers)
     level = root.level
-    import neonize.client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        import neonize.client
+
+        gc.collect()
 
     if before:
         # basicConfig was a no-op or added to ours; keep exactly what we had.
