@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -61,40 +61,63 @@ def cmd_check_config(path: Path) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from gatewayd.nursery.supervisor import run_gateway
-
+def _load_or_report(path: Path | None) -> tuple[Config, Path | None] | None:
     try:
-        config, path = _load(args.config)
+        return _load(path)
     except ConfigError as exc:
         _print_errors(exc.errors)
-        return 2
-    if args.whatsapp:
-        config = attrs.evolve(config, whatsapp=attrs.evolve(config.whatsapp, mode=args.whatsapp))
-    configure_logging(config.log.level, config.log.format)
+        return None
+
+
+def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
+    """trio.run with the daemon's exit codes: 0 done, 1 a GatewayError, 130 interrupted."""
     try:
-        trio.run(lambda: run_gateway(config, config_path=path))
+        trio.run(main)
     except GatewayError as exc:
         print(f"gatewayd: {exc.message}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         if group.subgroup(KeyboardInterrupt) is not None:
             return 130
+        errors, rest = group.split(GatewayError)
+        if errors is not None and rest is None:
+            for exc in _leaves(errors):
+                print(f"gatewayd: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 1
         raise
     except KeyboardInterrupt:
         return 130
     return 0
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd.nursery.supervisor import run_gateway
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 2
+    config, path = loaded
+    if args.whatsapp:
+        config = attrs.evolve(config, whatsapp=attrs.evolve(config.whatsapp, mode=args.whatsapp))
+    configure_logging(config.log.level, config.log.format)
+    return _run_trio(lambda: run_gateway(config, config_path=path))
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from gatewayd.nursery.supervisor import open_store
     from gatewayd.store.migrations import migrate_down, migrate_up, migration_status
 
-    try:
-        config, _ = _load(args.config)
-    except ConfigError as exc:
-        _print_errors(exc.errors)
+    loaded = _load_or_report(args.config)
+    if loaded is None:
         return 2
+    config = loaded[0]
     configure_logging(config.log.level, config.log.format, stream=sys.stderr)
 
     async def main() -> None:
@@ -109,12 +132,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 state = status.applied_at.isoformat() if status.applied_at else "pending"
                 print(f"{status.version:03d} {status.name:<30} {state}")
 
-    try:
-        trio.run(main)
-    except GatewayError as exc:
-        print(f"gatewayd: {exc.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _run_trio(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
