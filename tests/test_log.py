@@ -1,0 +1,48 @@
+"""Log lines: JSON with timestamp, level, event and bound context; live level changes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import structlog
+
+from gatewayd.log import configure_logging, set_level
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_context_and_respect_the_live_level() -> None:
+    """Each line is JSON with timestamp, level, event, traceId/agentId; the level changes live."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    log = structlog.get_logger()
+    with structlog.contextvars.bound_contextvars(traceId="t-1", agentId="bot"):
+        log.info("gatewayd.test.event", n=1)
+        log.debug("gatewayd.test.hidden")
+    set_level("debug")
+    log.debug("gatewayd.test.shown")
+    set_level("warning")
+    log.info("gatewayd.test.dropped")
+    logging.getLogger("psycopg.pool").warning("pool trouble")
+    out = lines(stream)
+    assert [e["event"] for e in out] == ["gatewayd.test.event", "gatewayd.test.shown", "pool trouble"]
+    first = out[0]
+    assert first["traceId"] == "t-1" and first["agentId"] == "bot" and first["level"] == "info"
+    assert str(first["timestamp"]).endswith("Z")
+    assert out[2]["level"] == "warning"
+    configure_logging("info", "json")
+
+
+def test_console_renderer_when_configured() -> None:
+    """log.format = console gives readable, non-JSON lines."""
+    stream = io.StringIO()
+    configure_logging("info", "console", stream)
+    structlog.get_logger().info("gatewayd.test.console", key="value")
+    text = stream.getvalue()
+    assert "gatewayd.test.console" in text and "key" in text
+    assert not text.lstrip().startswith("{")
+    configure_logging("info", "json")
