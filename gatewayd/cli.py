@@ -97,7 +97,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from gatewayd.nursery.supervisor import run_gateway
 
     loaded = _load_or_report(args.config)
@@ -106,8 +106,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, path = loaded
     if args.whatsapp:
         config = attrs.evolve(config, whatsapp=attrs.evolve(config.whatsapp, mode=args.whatsapp))
+    if config.whatsapp.mode == "sim":
+        configure_logging(config.log.level, config.log.format)
+        return _run_trio(lambda: run_gateway(config, config_path=path))
+    # neonize's Go side reads its environment only at exec time: without
+    # NEONIZE_BOT_TAG=off every send would carry the bot badge, so re-exec with it.
+    from gatewayd.whatsapp.neonize_env import ensure_bot_tag_env
+    from gatewayd.whatsapp.neonize_gate import final_exit
+
+    ensure_bot_tag_env(sys.argv[1:] if argv is None else list(argv))
     configure_logging(config.log.level, config.log.format)
-    return _run_trio(lambda: run_gateway(config, config_path=path))
+    rc = _run_trio(lambda: run_gateway(config, config_path=path))
+    # A session stuck in neonize's QR phase never ends its (non-daemon) thread: leave now.
+    final_exit(rc)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -140,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return cmd_check_config(args.path)
     if args.command == "run":
-        return cmd_run(args)
+        return cmd_run(args, argv)
     if args.command == "migrate":
         return cmd_migrate(args)
     raise AssertionError(args.command)

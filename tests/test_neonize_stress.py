@@ -46,7 +46,7 @@ def test_concurrent_connects_stops_and_reads_do_not_abort(pg_dsn: str) -> None:
     """20 clients connect and stop concurrently with reader calls in parallel, without an abort."""
     env = {**os.environ, "NEONIZE_BOT_TAG": "off", "STRESS_DSN": pg_dsn}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.test_neonize_stress", "20", "8", "6"],
+        [sys.executable, "-m", "tests.test_neonize_stress", "20", "8", "8"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -57,8 +57,8 @@ def test_concurrent_connects_stops_and_reads_do_not_abort(pg_dsn: str) -> None:
     assert "fatal error" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["connect_failures"] >= 100  # enough connect/stop cycles to race
-    assert report["reads"] >= 1000
+    assert report["connect_failures"] >= 40  # connect/stop cycles (serialised by the gate)
+    assert report["reads"] >= 300  # gated reader calls that reached Go or the gate
     assert report["unexpected"] == []
     # Every session thread was stopped and joined (bounded), none left behind.
     assert report["session_threads_left"] == 0

@@ -172,7 +172,9 @@ class AgentTree:
     async def _client_loop(self, events: trio.MemorySendChannel[ClientEvent]) -> None:
         handle = self.handle
         cfg = self.sup.config().agents
-        backoff = Backoff(cfg.reconnect_initial, cfg.reconnect_max)
+        # A backend may need a longer schedule (neonize leaks a DB connection per attempt).
+        retry_backoff = getattr(self.sup.backend, "retry_backoff", None)
+        backoff = retry_backoff() if retry_backoff is not None else Backoff(cfg.reconnect_initial, cfg.reconnect_max)
         while True:
             record = handle.record
             if record.device_jid is None:

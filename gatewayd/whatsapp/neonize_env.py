@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import subprocess
 import sys
 import warnings
 from collections.abc import Mapping
@@ -36,8 +37,8 @@ def bot_tag_off(environ: Mapping[str, str] | None = None) -> bool:
     return env.get(BOT_TAG_VARIABLE, "").strip().lower() == "off"
 
 
-def ensure_bot_tag_env(argv: list[str]) -> None:
-    """Re-execute ``python -m gatewayd *argv`` with ``NEONIZE_BOT_TAG=off`` unless it is set.
+def ensure_bot_tag_env(argv: list[str], *, module: str = "gatewayd") -> None:
+    """Re-execute ``python -m <module> *argv`` with ``NEONIZE_BOT_TAG=off`` unless it is set.
 
     Returns only when the variable already is ``off``; otherwise the process image is replaced
     (same pid, same stdio). Call it before anything else happens in the process (no threads
@@ -49,7 +50,7 @@ def ensure_bot_tag_env(argv: list[str]) -> None:
         stream.flush()
     env = dict(os.environ)
     env[BOT_TAG_VARIABLE] = "off"
-    os.execve(sys.executable, [sys.executable, "-m", "gatewayd", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def import_neonize() -> ModuleType:
@@ -65,6 +66,16 @@ def import_neonize() -> ModuleType:
         warnings.simplefilter("ignore", ResourceWarning)
         import neonize.client
 
+        gc.collect()
+        # The popen'd child may still be running when its pipe is dropped: Popen.__del__ then
+        # parks it in subprocess._active, and its unclosed pipe warns whenever it is reaped.
+        active = getattr(subprocess, "_active", None) or []
+        for proc in list(active):
+            if proc.args == "uname -a":
+                proc.wait(timeout=5)
+                if proc.stdout is not None:
+                    proc.stdout.close()
+                active.remove(proc)
         gc.collect()
 
     if before:
