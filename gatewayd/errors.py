@@ -18,6 +18,7 @@ codes and error bodies in one table.
     ├── SessionNotReady              the agent is not connected (409)
     ├── RateLimited                  the agent's send queue is full (429)
     ├── AgentStopped                 the agent's task tree is gone (503)
+    ├── SendTimeout                  a queued send did not go out in time (504)
     ├── UpstreamError                an outbound HTTP call failed
     │   ├── AITimeout                (504)
     │   ├── AIDownstreamError        the AI answered with an error (502)
@@ -94,6 +95,10 @@ class RateLimited(GatewayError):
 
 class AgentStopped(GatewayError):
     """The agent is not running."""
+
+
+class SendTimeout(GatewayError):
+    """The message was not sent in time."""
 
 
 class UpstreamError(GatewayError):

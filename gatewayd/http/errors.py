@@ -30,6 +30,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (e.NotConnected, 409, "SESSION_NOT_READY"),
     (e.RateLimited, 429, "RATE_LIMITED"),
     (e.AgentStopped, 503, "SESSION_NOT_READY"),
+    (e.SendTimeout, 504, "SEND_TIMEOUT"),
     (e.AITimeout, 504, "AI_TIMEOUT"),
     (e.AIDownstreamError, 502, "AI_DOWNSTREAM_ERROR"),
     (e.BadGateway, 502, "BAD_GATEWAY"),

@@ -16,7 +16,7 @@ import structlog
 import trio
 
 from gatewayd.config import Config
-from gatewayd.errors import AgentStopped, RateLimited, SessionNotFound, SessionNotReady
+from gatewayd.errors import AgentStopped, RateLimited, SendTimeout, SessionNotFound, SessionNotReady
 from gatewayd.metrics import Metrics
 from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward
 from gatewayd.nursery.bus import EventBus
@@ -176,7 +176,8 @@ class AgentSupervisor:
         """Queue a send without waiting: SessionNotFound, SessionNotReady, RateLimited."""
         handle = self._handles.get(agent_id)
         if handle is None:
-            raise SessionNotFound(f"No running session for agent {agent_id!r}")
+            # Callers check the agent exists; one that is not running is not ready.
+            raise SessionNotReady(f"Session {agent_id!r} is not running")
         if not handle.connected:
             raise SessionNotReady(f"Session {agent_id!r} is not connected (status: {handle.status})")
         command, reply = new_send(message, trace_id)
@@ -193,10 +194,12 @@ class AgentSupervisor:
     async def send(self, agent_id: str, message: Outgoing, trace_id: str | None = None) -> Sent:
         """Queue a send and wait (up to ``agents.command_timeout``) for its result."""
         reply = self.submit(agent_id, message, trace_id)
-        with trio.fail_after(self.config().agents.command_timeout):
+        timeout = self.config().agents.command_timeout
+        with trio.move_on_after(timeout):
             async with reply:
                 result = await reply.receive()
-        return result.unwrap()
+            return result.unwrap()
+        raise SendTimeout(f"The message was not sent within {timeout:g} s; it may still go out later")
 
     # ------------------------------------------------------------------ reporting
 

@@ -48,8 +48,12 @@ async def run_cleanup(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     task_status.started()
+    # Rounds run on a fixed schedule (start + k × interval), not "interval after the
+    # last round ended", so a slow disk never makes the timer drift.
+    deadline = trio.current_time()
     while True:
-        await trio.sleep(config().media.cleanup_interval)
+        deadline = max(deadline + config().media.cleanup_interval, trio.current_time())
+        await trio.sleep_until(deadline)
         media, at = config().media, now()
         try:
             removed = await trio.to_thread.run_sync(

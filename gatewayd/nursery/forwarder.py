@@ -113,7 +113,7 @@ class Forwarder:
             await gateway.agents.send(
                 handle.agent_id, Outgoing(to=message.chat, text=answer.reply, quote=quote), trace_id
             )
-        except (GatewayError, trio.TooSlowError) as exc:
+        except GatewayError as exc:
             log.warning("gatewayd.forward.reply_failed", error=str(exc))
             return "reply_failed"
         return "replied"
@@ -143,7 +143,7 @@ class Forwarder:
         try:
             to = normalize_recipient(number, default_country_code=self.gateway.config.whatsapp.default_country_code)
             await self.gateway.agents.send(handle.agent_id, Outgoing(to=to, text=text), trace_id)
-        except (GatewayError, trio.TooSlowError) as exc:
+        except GatewayError as exc:
             log.warning("gatewayd.forward.report_failed", error=str(exc))
 
 
