@@ -81,8 +81,8 @@ def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
             return 130
         errors, rest = group.split(GatewayError)
         if errors is not None and rest is None:
-            for exc in _leaves(errors):
-                print(f"gatewayd: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            for leaf in _leaves(errors):
+                print(f"gatewayd: {getattr(leaf, 'message', leaf)}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:

@@ -348,9 +348,10 @@ def _apply_environ(data: dict[str, Any], environ: Mapping[str, str]) -> Iterator
                 overrides[f"{section}.{key}"] = (name, environ[name])
     for dotted, (name, text) in overrides.items():
         section, key = dotted.split(".", 1)
-        section_cls = _sections().get(section)
-        if section_cls is None:
+        found = _sections().get(section)
+        if found is None:
             continue  # a legacy name for a section this build does not have
+        section_cls = found
         tp = _field_types(section_cls)[key]
         try:
             value = _parse_env(text, tp)

@@ -7,6 +7,7 @@ Both times are read on every round, so a SIGHUP changes them without a restart.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -57,7 +58,7 @@ async def run_cleanup(
         media, at = config().media, now()
         try:
             removed = await trio.to_thread.run_sync(
-                lambda: delete_old_previews(Path(media.temp_dir), older_than=media.preview_ttl, now=at)
+                functools.partial(delete_old_previews, Path(media.temp_dir), older_than=media.preview_ttl, now=at)
             )
         except OSError as exc:
             log.warning("gatewayd.cleanup.failed", error=str(exc))

@@ -155,7 +155,7 @@ async def open_store(config: Config) -> AsyncIterator[Database]:
         return
     data_dir = Path(d.data_dir)
     async with open_embedded_postgres(data_dir, port=d.embedded_port) as server:
-        log.info("gatewayd.db.embedded", data_dir=str(data_dir.resolve()))
+        log.info("gatewayd.db.embedded", data_dir=str(data_dir))
         async with open_database(server.dsn, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout) as db:
             yield db
 

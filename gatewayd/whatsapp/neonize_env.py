@@ -86,7 +86,8 @@ def import_neonize() -> ModuleType:
         # logging later (gatewayd.log) is the only one writing.
         root.handlers[:] = []
     root.setLevel(level)
-    return neonize.client
+    client_module: ModuleType = neonize.client
+    return client_module
 
 
 def configure_neonize_logging(level: str = "warning") -> None:

@@ -85,6 +85,7 @@ def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
     from neonize import events as ev
 
     from gatewayd.whatsapp.neonize_translate import translate_pair_status
+    from gatewayd.whatsapp.port import Paired
 
     phone = config.get("phone")
     nc = client_module.NewClient(
@@ -124,7 +125,7 @@ def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
 
     def on_pair_status(_nc: Any, event: Any) -> None:
         outcome = translate_pair_status(event)
-        if getattr(outcome, "device_jid", None):
+        if isinstance(outcome, Paired) and outcome.device_jid:
             paired.update(
                 device_jid=outcome.device_jid, phone=outcome.phone,
                 platform=outcome.platform, push_name=outcome.push_name,
