@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gatewayd.http.app import hypercorn_config, serve_http
+from tests.loopback import serve_app
 
 
 @attrs.define
@@ -55,7 +55,5 @@ class AIBackend:
 
 async def start_ai_backend(nursery: trio.Nursery) -> AIBackend:
     backend = AIBackend()
-    stop = trio.Event()
-    binds = await nursery.start(serve_http, backend.app(), hypercorn_config("127.0.0.1", 0, 0.1), stop.wait)
-    backend.url = binds[0]
+    backend.url = await serve_app(nursery, backend.app())
     return backend

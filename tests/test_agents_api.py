@@ -8,7 +8,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 from PIL import Image
@@ -361,7 +360,7 @@ async def test_media_from_url_with_size_limits_and_address_guard(running: Runnin
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
-    from gatewayd.http.app import hypercorn_config, serve_http
+    from tests.loopback import serve_app
 
     png = png_bytes()
 
@@ -392,8 +391,8 @@ async def test_media_from_url_with_size_limits_and_address_guard(running: Runnin
 
     app = Starlette(routes=[Route("/img.png", image), Route("/big.png", declared_big),
                             Route("/stream.png", streamed_big)])
-    stop = trio.Event()
-    binds = await nursery.start(serve_http, app, hypercorn_config("127.0.0.1", 0, 0.1), stop.wait)
+    base = await serve_app(nursery, app)
+    binds = [base]
     await connect(running)
     r = await running.client.post("/agents/support-bot/media", json={"to": CUSTOMER, "url": f"{binds[0]}/img.png"},
                                   headers=auth())
@@ -410,7 +409,6 @@ async def test_media_from_url_with_size_limits_and_address_guard(running: Runnin
     for url in (f"{binds[0]}/img.png", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x.png"):
         r = await running.client.post("/agents/support-bot/media", json={"to": CUSTOMER, "url": url}, headers=auth())
         assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_PAYLOAD", url
-    stop.set()
 
 
 # ------------------------------------------------------------------------- forwarding

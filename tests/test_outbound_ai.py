@@ -11,8 +11,6 @@ import httpx
 import pytest
 import structlog
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -34,6 +32,7 @@ from gatewayd.outbound.ai import (
     extract_reply,
     parse_run_request,
 )
+from tests.loopback import serve_app
 
 KEY = "sk-agent-secret-1234"
 TRACE = "trace-0001"
@@ -86,13 +85,8 @@ APP = Starlette(
 
 @pytest.fixture
 async def ai_base(nursery: trio.Nursery) -> str:
-    """Serves APP with hypercorn on an ephemeral loopback port; returns its base URL."""
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.graceful_timeout = 0.1
-    binds: list[str] = await nursery.start(partial(serve, APP, config))  # type: ignore[arg-type]
-    return binds[0]
+    """Serves APP on an ephemeral loopback port; returns its base URL."""
+    return await serve_app(nursery, APP)
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ from functools import partial
 import httpx
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +20,7 @@ from starlette.routing import Route
 from gatewayd.errors import AddressRefused, BadGateway, InvalidPayload, MediaTooLarge
 from gatewayd.outbound.guard import check_url, refusal_reason
 from gatewayd.outbound.media import decode_base64_media, fetch_media, sniff_image
+from tests.loopback import serve_app
 
 MB = 1024 * 1024
 LOOPBACK_ONLY = [ipaddress.ip_network("127.0.0.1/32")]
@@ -175,13 +174,8 @@ APP = Starlette(
 
 @pytest.fixture
 async def base(nursery: trio.Nursery) -> str:
-    """Serves APP with hypercorn on an ephemeral loopback port; returns its base URL."""
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.graceful_timeout = 0.1
-    binds: list[str] = await nursery.start(partial(serve, APP, config))  # type: ignore[arg-type]
-    return binds[0]
+    """Serves APP on an ephemeral loopback port; returns its base URL."""
+    return await serve_app(nursery, APP)
 
 
 @pytest.fixture

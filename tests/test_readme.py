@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from tests.daemon import ROOT, Daemon
