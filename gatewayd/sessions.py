@@ -17,7 +17,7 @@ import trio
 from gatewayd.errors import Conflict, InvalidPayload, SessionNotFound, SessionNotReady, Unauthorized
 from gatewayd.store import agents as agents_store
 from gatewayd.store import keys as keys_store
-from gatewayd.whatsapp.qr import QrSnapshot, render_qr_png
+from gatewayd.whatsapp.qr import QrSnapshot, QrState, render_qr_png
 
 if TYPE_CHECKING:
     from gatewayd.nursery.agent import AgentHandle
@@ -42,11 +42,16 @@ class CreatedSession:
     qr: QrSnapshot | None
 
 
-async def qr_image(snapshot: QrSnapshot | None) -> dict[str, str] | None:
-    """The contract's ``{contentType: "image/png", base64}`` for a QR, or None."""
+async def qr_image(snapshot: QrSnapshot | None, state: QrState | None = None) -> dict[str, str] | None:
+    """The contract's ``{contentType: "image/png", base64}`` for a QR, or None.
+
+    The agent's QR state renders each QR once; a snapshot that is no longer the latest
+    (it rotated meanwhile) is rendered on its own."""
     if snapshot is None:
         return None
-    png = await trio.to_thread.run_sync(render_qr_png, snapshot.payload)
+    png = await state.png() if state is not None and state.latest is snapshot else None
+    if png is None:
+        png = await trio.to_thread.run_sync(render_qr_png, snapshot.payload)
     return {"contentType": "image/png", "base64": base64.b64encode(png).decode()}
 
 
@@ -127,7 +132,7 @@ async def session_status(gateway: Gateway, agent_id: str) -> dict[str, Any]:
             "sessionState": SESSION_STATE.get(live_status, live_status.upper()),
             "isReady": bool(handle and handle.connected),
             "hasClient": handle is not None,
-            "qr": await qr_image(handle.qr.latest) if handle is not None else None,
+            "qr": await qr_image(handle.qr.latest, handle.qr) if handle is not None else None,
         },
     }
 
