@@ -16,37 +16,42 @@ Layout under ``data_dir``::
 The server listens on 127.0.0.1 only (no Unix socket) and requires the password
 (scram-sha-256). PostgreSQL refuses to run as root, so when we are root the server
 runs as an unprivileged system user (the owner of an existing cluster, else
-``gatewayd-postgres``, created on first use).
+``gatewayd-postgres``, created on first use; see :mod:`gatewayd.store.embedded_os`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import importlib.util
 import os
-import pwd
 import secrets
 import shlex
 import shutil
 import signal
-import socket
-import stat
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO
 
-import attrs
 import psycopg
 import structlog
 import trio
 
 from gatewayd.errors import StoreUnavailable
 from gatewayd.store.db import map_exceptions
+from gatewayd.store.embedded_os import (
+    RunAs,
+    choose_run_as,
+    ephemeral_port,
+    grant_traverse,
+    port_free,
+    postmaster_state,
+    read_from,
+    read_postmaster_pid,
+    run_program,
+    try_lock,
+    write_private,
+)
 
 __all__ = [
     "DATABASE",
@@ -92,15 +97,6 @@ _SERVER_SETTINGS: dict[str, str] = {
 }
 
 
-@attrs.frozen
-class _RunAs:
-    """The unprivileged account the server runs as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``data_dir / "pg"``, started and stopped by this object.
 
@@ -115,7 +111,7 @@ class EmbeddedPostgres:
         self._lock_path = self.data_dir / "pg.lock"
         self._configured_port = port
         self._bin = find_postgres_bin()
-        self._run_as: _RunAs | None = None
+        self._run_as: RunAs | None = None
         self._lock_file: IO[bytes] | None = None
         self._started = False
         self._pid: int | None = None
@@ -158,10 +154,10 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._acquire_lock()
         try:
-            self._run_as = _choose_run_as(self.pgdata)
+            self._run_as = choose_run_as(self.pgdata, SYSTEM_USER)
             if self._run_as is not None:
-                _grant_traverse(self.data_dir, self._run_as)
-                _grant_traverse(self._bin, self._run_as)
+                grant_traverse(self.data_dir, self._run_as)
+                grant_traverse(self._bin, self._run_as)
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             password = self._read_password()
@@ -185,21 +181,18 @@ class EmbeddedPostgres:
 
     def _postmaster_running(self) -> bool:
         pid = self._pid
-        return pid is not None and _postmaster_state(pid, self.pgdata) == "running"
+        return pid is not None and postmaster_state(pid, self.pgdata) == "running"
 
     def _acquire_lock(self) -> None:
         # The flock marks "a gatewayd owns this cluster". The kernel drops it when the
         # process dies, so a crashed run never leaves it behind.
-        lock_file = self._lock_path.open("ab")
-        try:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock_file.close()
+        lock_file = try_lock(self._lock_path)
+        if lock_file is None:
             raise StoreUnavailable(
                 f"the embedded PostgreSQL in {self.data_dir} is already running: "
                 "another gatewayd process is using this data directory",
                 details={"reason": "already_running", "data_dir": str(self.data_dir)},
-            ) from None
+            )
         self._lock_file = lock_file
 
     def _release_lock(self) -> None:
@@ -224,7 +217,7 @@ class EmbeddedPostgres:
         password = secrets.token_urlsafe(32)  # URL-safe: goes into the DSN verbatim
         pwfile = self.data_dir / f".pg.initdb-pw.{secrets.token_hex(8)}"
         try:
-            _write_private(pwfile, password + "\n")
+            write_private(pwfile, password + "\n")
             if self._run_as is not None:
                 os.chown(scratch, self._run_as.uid, self._run_as.gid)
                 os.chown(pwfile, self._run_as.uid, self._run_as.gid)
@@ -234,7 +227,7 @@ class EmbeddedPostgres:
             pwfile.unlink(missing_ok=True)
         # The password file goes in place before the cluster: a crash in between
         # leaves no cluster and the next start runs initdb again with a new password.
-        _write_private(self._password_file, password + "\n")
+        write_private(self._password_file, password + "\n")
         scratch.rename(self.pgdata)
         logger.info("gatewayd.db.embedded.initialized", data_dir=str(self.data_dir))
 
@@ -249,10 +242,10 @@ class EmbeddedPostgres:
 
     def _clear_stale_pidfile(self) -> None:
         """Refuse a live server on this cluster; remove the pid file of a dead one."""
-        pid = _read_postmaster_pid(self.pgdata)
+        pid = read_postmaster_pid(self.pgdata)
         if pid is None:
             return
-        state = _postmaster_state(pid, self.pgdata)
+        state = postmaster_state(pid, self.pgdata)
         if state == "running":
             raise StoreUnavailable(
                 f"a PostgreSQL server (pid {pid}) is already running on {self.pgdata}; "
@@ -282,7 +275,7 @@ class EmbeddedPostgres:
                 # Another program took the port between our probe and postgres' bind.
                 continue
             self._port = port
-            self._pid = _read_postmaster_pid(self.pgdata)
+            self._pid = read_postmaster_pid(self.pgdata)
             with contextlib.suppress(OSError):
                 self._port_file.write_text(f"{port}\n")
             return
@@ -290,12 +283,9 @@ class EmbeddedPostgres:
     def _pick_port(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             last = int(self._port_file.read_text().strip())
-            if _port_free(last):
+            if port_free(HOST, last):
                 return last
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port: int = sock.getsockname()[1]
-            return port
+        return ephemeral_port(HOST)
 
     def _pg_ctl_start(self, port: int) -> None:
         startup_log = self.pgdata / "startup.log"  # postgres output until its log collector runs
@@ -311,7 +301,7 @@ class EmbeddedPostgres:
                 self._pg_ctl("start", *args, timeout=_START_TIMEOUT)
                 return
             except StoreUnavailable as exc:
-                log_tail = _read_from(startup_log, offset)
+                log_tail = read_from(startup_log, offset)
                 if "could not bind" in log_tail or "Address already in use" in log_tail:
                     raise _PortInUse from exc
                 if "is still in use" in log_tail and time.monotonic() < deadline:
@@ -362,26 +352,7 @@ class EmbeddedPostgres:
 
     def _run(self, program: str, args: Sequence[str], *, timeout: float) -> None:
         """Run a PostgreSQL program as the server's account; StoreUnavailable on failure."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"  # parseable messages, no dependency on installed locales
-        extra: dict[str, Any] = {}
-        if self._run_as is not None:
-            env["HOME"] = "/"
-            env["USER"] = env["LOGNAME"] = self._run_as.name
-            extra = {"user": self._run_as.uid, "group": self._run_as.gid, "extra_groups": []}
-        # A file, not a pipe: the server started by pg_ctl could otherwise inherit the
-        # pipe and keep us waiting for EOF.
-        with tempfile.TemporaryFile("w+") as output:
-            try:
-                subprocess.run(
-                    [str(self._bin / program), *args],
-                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                    env=env, cwd="/", timeout=timeout, check=True, **extra,
-                )  # fmt: skip
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-                output.seek(0)
-                message = output.read().strip()[-2000:]
-                raise StoreUnavailable(f"{program} failed: {message}") from exc
+        run_program(self._bin / program, args, run_as=self._run_as, timeout=timeout)
 
 
 @contextlib.asynccontextmanager
@@ -426,144 +397,3 @@ def find_postgres_bin() -> Path:
 
 class _PortInUse(Exception):
     pass
-
-
-def _choose_run_as(pgdata: Path) -> _RunAs | None:
-    """None when we may run postgres ourselves, else the account to run it as."""
-    if os.geteuid() != 0:
-        return None
-    # An existing cluster keeps its owner (e.g. created by a non-root gatewayd).
-    with contextlib.suppress(FileNotFoundError, KeyError):
-        owner = pgdata.stat().st_uid
-        if owner != 0:
-            entry = pwd.getpwuid(owner)
-            return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    entry = _ensure_system_user(SYSTEM_USER)
-    return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-
-def _ensure_system_user(name: str) -> pwd.struct_passwd:
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(name)
-    # A system account without a home or a login shell: it only ever runs postgres.
-    result = subprocess.run(
-        [
-            "useradd",
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        entry = pwd.getpwnam(name)  # another process may have created it meanwhile
-    except KeyError:
-        raise StoreUnavailable(
-            f"cannot create the system user {name!r} to run the embedded PostgreSQL "
-            f"as (PostgreSQL refuses to run as root): {result.stderr.strip()}"
-        ) from None
-    logger.info("gatewayd.db.embedded.user_created", user=name)
-    return entry
-
-
-def _grant_traverse(path: Path, run_as: _RunAs) -> None:
-    """Let ``run_as`` reach ``path``: add the search (x) bit where it is missing.
-
-    Only search, never read: directory listings stay private (pgserver's helper adds
-    r+x for everyone up to /, which we avoid).
-    """
-    for directory in [path, *path.parents]:
-        st = directory.stat()
-        if st.st_uid == run_as.uid:
-            needed = stat.S_IXUSR
-        elif st.st_gid == run_as.gid:
-            needed = stat.S_IXGRP
-        else:
-            needed = stat.S_IXOTH
-        if not st.st_mode & needed:
-            directory.chmod(stat.S_IMODE(st.st_mode) | needed)
-            logger.info("gatewayd.db.embedded.traverse_granted", path=str(directory))
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by its owner only."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _read_postmaster_pid(pgdata: Path) -> int | None:
-    try:
-        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
-    except FileNotFoundError:
-        return None
-    return int(first) if first.isdigit() else None
-
-
-def _is_zombie(pid: int) -> bool:
-    # A killed postmaster may stay a zombie when nothing reaps it (containers whose
-    # PID 1 does not wait); it counts as dead.
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rpartition(")")[2].split()[0] == "Z"
-
-
-def _postmaster_state(pid: int, pgdata: Path) -> Literal["running", "dead", "other"]:
-    """Whether the pid recorded in postmaster.pid is a live server of ``pgdata``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "dead"
-    except PermissionError:
-        # As PostgreSQL reasons: a postmaster of this cluster runs as the cluster's
-        # owner, whom we (root or the owner) may signal.
-        return "other"
-    if _is_zombie(pid):
-        return "dead"
-    if not Path("/proc/self/cwd").exists():
-        return "running"  # no /proc to tell by: assume the worst
-    with contextlib.suppress(OSError):
-        # A postmaster changes into its data directory first thing; a different
-        # working directory means the pid now belongs to something else.
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        return "running" if cwd == pgdata.resolve() else "other"
-    return "dead"  # exited meanwhile
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # PostgreSQL binds with SO_REUSEADDR too, so TIME_WAIT leftovers do not count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
