@@ -6,6 +6,12 @@ with ``fatal error: concurrent map read and map write`` (NEONIZE.md §6: 3 of 3 
 runs in a child process (``python -m tests.test_neonize_stress``) so that an abort fails the
 test instead of killing pytest. Offline, every connect fails at the DNS lookup after Go has
 registered and unregistered the client: exactly the map writes that race.
+
+Besides the agents' own calls, probe tasks read the maps in bursts (``IsConnected`` of a
+client Go never registered) under ``GATE.shared()``. A control runs the same load with those
+probes outside the gate and must abort: without it, a passing run would not show that the load
+reaches the race at all (the agents' own reads reach Go only mid-session, rarely enough that
+ungated runs of them alone survived).
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -42,42 +50,75 @@ def fake_device(admin_dsn: str, schema: str, device_jid: str) -> None:
         )
 
 
-def test_concurrent_connects_stops_and_reads_do_not_abort(pg_dsn: str) -> None:
-    """20 clients connect and stop concurrently with reader calls in parallel, without an abort."""
+def run_child(pg_dsn: str, *mode: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the load below for 8 s in a child: 20 agents, 8 agent readers, 4 map probes."""
     env = {**os.environ, "NEONIZE_BOT_TAG": "off", "STRESS_DSN": pg_dsn}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.test_neonize_stress", "20", "8", "8"],
+    return subprocess.run(
+        [sys.executable, "-m", "tests.test_neonize_stress", "20", "8", "8", *mode],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_concurrent_connects_stops_and_reads_do_not_abort(pg_dsn: str) -> None:
+    """20 clients connect and stop concurrently with reader calls in parallel, without an abort."""
+    done = run_child(pg_dsn, timeout=120)
     assert "fatal error" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["connect_failures"] >= 40  # connect/stop cycles (serialised by the gate)
-    assert report["reads"] >= 300  # gated reader calls that reached Go or the gate
+    # Gated reader calls that reached Go or the gate (272-544 seen here; a sanity floor only).
+    assert report["reads"] >= 100
+    # Far more gated map reads than the ungated control below needs to abort (about 1-2 s).
+    assert report["probe_reads"] >= 20_000
     assert report["unexpected"] == []
     # Every session thread was stopped and joined (bounded), none left behind.
     assert report["session_threads_left"] == 0
 
 
+def test_the_same_load_with_ungated_reads_aborts(pg_dsn: str) -> None:
+    """The same load with the probe reads made outside the gate dies of Go's map race."""
+    # The control that shows the load above exercises the race (measured: 14 of 14 runs
+    # aborted, after 1.0-1.8 s; NEONIZE.md §6 saw the same with reader threads). Only the
+    # probes skip the gate; connect-start and stop still hold it exclusively.
+    done = run_child(pg_dsn, "ungated", timeout=60)
+    assert "fatal error: concurrent map read and map write" in done.stderr, (
+        done.returncode,
+        done.stdout[-1000:],
+        done.stderr[-3000:],
+    )
+    assert done.returncode == -signal.SIGABRT
+
+
 # --------------------------------------------------------------------------- the child
 
 
-async def _stress(dsn: str, clients: int, readers: int, seconds: float) -> dict[str, object]:
+PROBE_READERS = 4
+"""Tasks reading the Go maps in bursts, as the 4 reader threads of NEONIZE.md §6 did."""
+
+PROBE_BURST = 1000
+"""``IsConnected`` calls one probe makes per trip to a worker thread (per hold of the gate)."""
+
+
+async def _stress(
+    dsn: str, clients: int, readers: int, seconds: float, *, gated: bool = True
+) -> dict[str, object]:
     import random
+    from contextlib import AsyncExitStack
 
     import trio
+    from neonize.client import NewClient
 
     from gatewayd.errors import WhatsAppError
     from gatewayd.whatsapp.neonize_backend import open_neonize_backend
-    from gatewayd.whatsapp.neonize_gate import neonize_threads
+    from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE, neonize_threads
     from gatewayd.whatsapp.port import ConnectFailed, Disconnected
 
-    counts = {"connect_failures": 0, "reads": 0}
+    counts = {"connect_failures": 0, "reads": 0, "probe_reads": 0}
     unexpected: list[str] = []
     # A short idle timeout keeps the connections every failed attempt leaks (one each) well
     # under max_connections while hundreds of attempts run.
@@ -89,6 +130,15 @@ async def _stress(dsn: str, clients: int, readers: int, seconds: float) -> dict[
             await trio.to_thread.run_sync(fake_device, backend.store.admin_dsn, "stress", jid)
         agents = [backend.client(f"agent-{i}") for i in range(clients)]
         rng = random.Random(7)
+        # A client Go never registers: its IsConnected is a bare read of the maps that every
+        # connect-start and stop writes (False, safe in itself), so a burst of them reaches Go
+        # far more often than the agents' own reads, which reach it only mid-session.
+        probe = NewClient(dsn, uuid="stress-probe")
+        probe._stop_finalizer.detach()
+
+        def probe_burst() -> None:
+            for _ in range(PROBE_BURST):
+                probe.is_connected  # noqa: B018 - the read itself is the point
 
         async def agent_loop(index: int) -> None:
             send, recv = trio.open_memory_channel[object](100)
@@ -119,12 +169,23 @@ async def _stress(dsn: str, clients: int, readers: int, seconds: float) -> dict[
                     pass  # NotConnected: the gate refused before reaching Go
                 counts["reads"] += 1
 
+        async def probe_loop() -> None:
+            while True:
+                async with AsyncExitStack() as stack:
+                    if gated:
+                        await stack.enter_async_context(GATE.shared())
+                    # The control run (gated=False) makes the same reads outside the gate.
+                    await trio.to_thread.run_sync(probe_burst, limiter=FFI_LIMITER)
+                counts["probe_reads"] += PROBE_BURST
+
         with trio.move_on_after(seconds):
             async with trio.open_nursery() as nursery:
                 for i in range(clients):
                     nursery.start_soon(agent_loop, i)
                 for _ in range(readers):
                     nursery.start_soon(reader_loop)
+                for _ in range(PROBE_READERS):
+                    nursery.start_soon(probe_loop)
     left = [t.name for t in neonize_threads() if t.name.startswith("628")]
     return {**counts, "unexpected": unexpected, "session_threads_left": len(left)}
 
@@ -133,7 +194,10 @@ def main() -> None:
     import trio
 
     clients, readers, seconds = (int(a) for a in sys.argv[1:4])
-    report = trio.run(_stress, os.environ["STRESS_DSN"], clients, readers, float(seconds))
+    gated = sys.argv[4:] != ["ungated"]
+    report = trio.run(
+        partial(_stress, gated=gated), os.environ["STRESS_DSN"], clients, readers, float(seconds)
+    )
     print(json.dumps(report), flush=True)
     from gatewayd.whatsapp.neonize_gate import final_exit
 
