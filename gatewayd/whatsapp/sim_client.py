@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import attrs
 import trio
@@ -302,13 +302,9 @@ class SimulatedClient:
         quote: Quote | None = None,
     ) -> SendResult:
         """Send an image."""
-        await self._ready(to)
-        return self._keep(
-            attrs.evolve(
-                self._message("image", to), text=caption, media_size=len(data),
-                mimetype=mimetype, filename=filename, quote=quote,
-            )
-        )  # fmt: skip
+        return await self._send_media(
+            "image", to, data, mimetype=mimetype, text=caption, filename=filename, quote=quote
+        )
 
     async def send_document(
         self,
@@ -321,25 +317,15 @@ class SimulatedClient:
         quote: Quote | None = None,
     ) -> SendResult:
         """Send a document."""
-        await self._ready(to)
-        return self._keep(
-            attrs.evolve(
-                self._message("document", to), text=caption, media_size=len(data),
-                mimetype=mimetype, filename=filename, quote=quote,
-            )
-        )  # fmt: skip
+        return await self._send_media(
+            "document", to, data, mimetype=mimetype, text=caption, filename=filename, quote=quote
+        )
 
     async def send_audio(
         self, to: str, data: bytes, *, mimetype: str, ptt: bool = False, quote: Quote | None = None
     ) -> SendResult:
         """Send audio (a voice note when ``ptt``)."""
-        await self._ready(to)
-        return self._keep(
-            attrs.evolve(
-                self._message("audio", to), media_size=len(data), mimetype=mimetype, ptt=ptt,
-                quote=quote,
-            )
-        )  # fmt: skip
+        return await self._send_media("audio", to, data, mimetype=mimetype, ptt=ptt, quote=quote)
 
     async def send_video(
         self,
@@ -351,13 +337,12 @@ class SimulatedClient:
         quote: Quote | None = None,
     ) -> SendResult:
         """Send a video."""
+        return await self._send_media("video", to, data, mimetype=mimetype, text=caption, quote=quote)
+
+    async def _send_media(self, kind: SentKind, to: str, data: bytes, **fields: Any) -> SendResult:
+        """Record one media send; ``fields`` are SentRecord fields (text is the caption)."""
         await self._ready(to)
-        return self._keep(
-            attrs.evolve(
-                self._message("video", to), text=caption, media_size=len(data),
-                mimetype=mimetype, quote=quote,
-            )
-        )  # fmt: skip
+        return self._keep(attrs.evolve(self._message(kind, to), media_size=len(data), **fields))
 
     async def set_typing(self, chat: str, on: bool) -> None:
         """Record a typing on/off presence."""
