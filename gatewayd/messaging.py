@@ -22,6 +22,7 @@ from gatewayd.nursery.forwarder import ai_call
 from gatewayd.outbound.ai import parse_run_request
 from gatewayd.outbound.media import decode_base64_media, fetch_media, sniff_image
 from gatewayd.store.agents import AgentRecord
+from gatewayd.store.messages import find_by_wa_id
 from gatewayd.whatsapp.port import Quote
 
 if TYPE_CHECKING:
@@ -55,12 +56,10 @@ async def quote_for(gateway: Gateway, record: AgentRecord, chat: str, quote_id: 
     message_id = match.group(3) if match else quote_id
     if not re.fullmatch(r"[A-Za-z0-9]{4,64}", message_id):
         raise InvalidPayload("'quoteId' is not a WhatsApp message id")
-    row = await gateway.db.run(lambda conn: conn.execute(
-        "SELECT sender_jid, chat_jid, text, direction FROM messages WHERE agent_id = %s AND wa_message_id = %s"
-        " ORDER BY id DESC LIMIT 1", (record.id, message_id)).fetchone())
-    if row is not None:
-        sender = row[0] if row[3] == "inbound" else f"{record.phone_number}@s.whatsapp.net"
-        return Quote(message_id=message_id, sender=sender or chat, chat=row[1] or chat, text=row[2])
+    stored = await find_by_wa_id(gateway.db, record.id, message_id)
+    if stored is not None:
+        sender = stored.sender if stored.direction == "inbound" else f"{record.phone_number}@s.whatsapp.net"
+        return Quote(message_id=message_id, sender=sender or chat, chat=stored.chat or chat, text=stored.text)
     from_me = bool(match and match.group(1) == "true")
     own = f"{record.phone_number}@s.whatsapp.net" if record.phone_number else chat
     return Quote(message_id=message_id, sender=own if from_me else chat, chat=chat)

@@ -82,13 +82,15 @@ async def create_session(
         # Exists but not ready: reset it (device, status, name, key) and pair again.
         log.info("gatewayd.session.reset", agentId=agent_id, status=existing.status)
         await agents.logout(agent_id)
-        await _update_identity(gateway, existing, agent_name, key)
+        await agents_store.reset_identity(
+            db, existing.id, name=agent_name, api_key=key,
+            endpoint_url_run=existing.endpoint_url_run or _seeded_endpoint(gateway, agent_id),
+        )
         created = False
     else:
-        base = gateway.config.ai.backend_url.rstrip("/")
         await agents_store.create_agent(
             db, agent_id=agent_id, name=agent_name, user_id=user_id, api_key=key,
-            endpoint_url_run=f"{base}/agents/{agent_id}/execute" if base else None,
+            endpoint_url_run=_seeded_endpoint(gateway, agent_id),
         )
         created = True
     handle = await agents.start(agent_id)
@@ -98,13 +100,10 @@ async def create_session(
     return CreatedSession(created, False, record, qr)
 
 
-async def _update_identity(gateway: Gateway, record: agents_store.AgentRecord, name: str, key: str) -> None:
+def _seeded_endpoint(gateway: Gateway, agent_id: str) -> str | None:
+    """``${AI_BACKEND_URL}/agents/{agentId}/execute`` (seed 004), or None without a backend URL."""
     base = gateway.config.ai.backend_url.rstrip("/")
-    seeded = record.endpoint_url_run or (f"{base}/agents/{record.agent_id}/execute" if base else None)
-    await gateway.db.run(lambda conn: conn.execute(
-        "UPDATE agents SET name = %s, api_key = %s, endpoint_url_run = %s, status = 'awaiting_qr',"
-        " status_reason = NULL, updated_at = now() WHERE id = %s",
-        (name, key, seeded, record.id)) and None)
+    return f"{base}/agents/{agent_id}/execute" if base else None
 
 
 async def session_status(gateway: Gateway, agent_id: str) -> dict[str, Any]:

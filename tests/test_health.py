@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 import trio
+import trio.testing
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -83,11 +84,11 @@ async def test_in_flight_requests_finish_during_the_grace_period(running: object
     from tests.gateway_fixtures import Running
 
     assert isinstance(running, Running)
-    started = trio.Event()
+    started, release = trio.Event(), trio.Event()
 
     async def slow(request: Request) -> Response:
         started.set()
-        await trio.sleep(1.0)
+        await release.wait()  # in flight until the test has seen new connections refused
         return JSONResponse({"data": "finished"})
 
     app = create_app(running.gateway, extra_routes=[Route("/slow", slow)])
@@ -105,12 +106,13 @@ async def test_in_flight_requests_finish_during_the_grace_period(running: object
         inner.start_soon(call)
         await started.wait()
         stop.set()
-        await trio.sleep(0.2)
+        await trio.testing.wait_all_tasks_blocked()  # hypercorn has closed its listener
         try:
             async with httpx.AsyncClient(base_url=binds[0]) as client:
                 await client.get("/health")
             refused = False
         except httpx.TransportError:
             refused = True
+        release.set()
     assert result == {"status": 200, "body": {"data": "finished"}}
     assert refused

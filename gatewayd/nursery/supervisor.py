@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -149,15 +149,16 @@ async def _serve_signals(gateway: Gateway, *, task_status: trio.TaskStatus[None]
 async def open_store(config: Config) -> AsyncIterator[Database]:
     """The database: the configured server, or the embedded one in ``data_dir``."""
     d = config.database
-    if d.url:
-        async with open_database(d.url, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout) as db:
-            yield db
-        return
-    data_dir = Path(d.data_dir)
-    async with open_embedded_postgres(data_dir, port=d.embedded_port) as server:
-        log.info("gatewayd.db.embedded", data_dir=str(data_dir))
-        async with open_database(server.dsn, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout) as db:
-            yield db
+    async with AsyncExitStack() as stack:
+        dsn = d.url
+        if not dsn:
+            data_dir = Path(d.data_dir)
+            server = await stack.enter_async_context(open_embedded_postgres(data_dir, port=d.embedded_port))
+            log.info("gatewayd.db.embedded", data_dir=str(data_dir))
+            dsn = server.dsn
+        yield await stack.enter_async_context(
+            open_database(dsn, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout)
+        )
 
 
 @asynccontextmanager

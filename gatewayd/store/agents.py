@@ -141,5 +141,23 @@ async def set_device(
     await db.run(work)
 
 
+async def reset_identity(
+    db: Database, agent_uuid: uuid.UUID, *, name: str, api_key: str, endpoint_url_run: str | None
+) -> None:
+    """A session created again: new name and key, back to awaiting_qr (history kept)."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE agents SET name = %s, api_key = %s, endpoint_url_run = %s, status = 'awaiting_qr',"
+            " status_reason = NULL, updated_at = now() WHERE id = %s",
+            (name, api_key, endpoint_url_run, agent_uuid),
+        )
+
+    await db.run(work)
+
+
 async def delete_agent(db: Database, agent_uuid: uuid.UUID) -> None:
-    await db.run(lambda conn: conn.execute("DELETE FROM agents WHERE id = %s", (agent_uuid,)) and None)
+    def work(conn: Connection) -> None:
+        conn.execute("DELETE FROM agents WHERE id = %s", (agent_uuid,))
+
+    await db.run(work)

@@ -57,12 +57,10 @@ async def insert_inbound(
 
 
 async def mark_handled(db: Database, row_id: int, outcome: str) -> None:
-    await db.run(
-        lambda conn: conn.execute(
-            "UPDATE messages SET handled_at = now(), outcome = %s WHERE id = %s", (outcome, row_id)
-        )
-        and None
-    )
+    def work(conn: Connection) -> None:
+        conn.execute("UPDATE messages SET handled_at = now(), outcome = %s WHERE id = %s", (outcome, row_id))
+
+    await db.run(work)
 
 
 async def unhandled_inbound(db: Database, agent_uuid: uuid.UUID, max_age: float) -> list[StoredInbound]:
@@ -117,5 +115,29 @@ async def count_messages(db: Database, agent_uuid: uuid.UUID, direction: str) ->
             "SELECT count(*) FROM messages WHERE agent_id = %s AND direction = %s", (agent_uuid, direction)
         ).fetchone()
         return int(row[0]) if row else 0
+
+    return await db.run(work)
+
+
+@attrs.frozen
+class StoredMessage:
+    """What a quote needs of a stored message."""
+
+    direction: str
+    chat: str | None
+    sender: str | None
+    text: str | None
+
+
+async def find_by_wa_id(db: Database, agent_uuid: uuid.UUID, wa_message_id: str) -> StoredMessage | None:
+    """The newest stored message (either direction) with this WhatsApp id."""
+
+    def work(conn: Connection) -> StoredMessage | None:
+        row = conn.execute(
+            "SELECT direction, chat_jid, sender_jid, text FROM messages WHERE agent_id = %s"
+            " AND wa_message_id = %s ORDER BY id DESC LIMIT 1",
+            (agent_uuid, wa_message_id),
+        ).fetchone()
+        return None if row is None else StoredMessage(*row)
 
     return await db.run(work)
