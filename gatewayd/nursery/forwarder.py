@@ -20,6 +20,7 @@ from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayErr
 from gatewayd.jid import normalize_recipient, to_contract_jid
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.outbound.ai import AIAnswer, build_run_payload, call_ai
+from gatewayd.store.agents import AgentRecord
 from gatewayd.store.executions import record_execution
 from gatewayd.store.messages import StoredInbound
 from gatewayd.whatsapp.port import InboundMessage, Quote
@@ -95,7 +96,7 @@ class Forwarder:
         )
         await self._typing(handle, message.chat, True)
         try:
-            answer = await ai_call(gateway, handle, payload, trace_id=trace_id, message_row=stored.row_id,
+            answer = await ai_call(gateway, handle.record, payload, trace_id=trace_id, message_row=stored.row_id,
                                    count_errors=True)
         except GatewayError as exc:
             reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
@@ -147,9 +148,8 @@ class Forwarder:
             log.warning("gatewayd.forward.report_failed", error=str(exc))
 
 
-def ai_endpoint(gateway: Gateway, handle_or_record: Any) -> str | None:
+def ai_endpoint(gateway: Gateway, record: AgentRecord) -> str | None:
     """The agent's ``endpoint_url_run``, else ``${AI_BACKEND_URL}/agents/{agentId}/run``."""
-    record = getattr(handle_or_record, "record", handle_or_record)
     if record.endpoint_url_run:
         return str(record.endpoint_url_run)
     base = gateway.config.ai.backend_url.rstrip("/")
@@ -157,14 +157,13 @@ def ai_endpoint(gateway: Gateway, handle_or_record: Any) -> str | None:
 
 
 async def ai_call(
-    gateway: Gateway, handle_or_record: Any, payload: dict[str, Any], *, trace_id: str,
+    gateway: Gateway, record: AgentRecord, payload: dict[str, Any], *, trace_id: str,
     message_row: int | None = None, count_errors: bool = False,
 ) -> AIAnswer:
     """Call the agent's AI endpoint; record the execution and the latency either way.
 
     ``count_errors``: count a failure in whatsapp_errors_total here (the forwarder);
     HTTP callers leave it to the HTTP edge, which counts every error answer once."""
-    record = getattr(handle_or_record, "record", handle_or_record)
     url = ai_endpoint(gateway, record)
     if url is None:
         raise BadGateway("No AI endpoint: the agent has no endpoint_url_run and ai.backend_url is not set")
