@@ -341,3 +341,36 @@ async def test_a_thousand_simulated_agents_start_in_one_process(world: World) ->
     count = await world.db.run(lambda conn: conn.execute(
         "SELECT count(*) FROM agents WHERE status = 'connected'").fetchone())
     assert count == (1000,)
+
+
+async def test_every_line_of_an_agent_tree_carries_its_agent_id(world: World) -> None:
+    """Lines logged inside an agent's tree carry agentId, and not the traceId of the request that started it."""
+    import io
+    import json
+
+    import structlog
+
+    from gatewayd.log import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream)
+    try:
+        sup = await world.start_supervisor()
+        with structlog.contextvars.bound_contextvars(traceId="the-creating-request"):
+            await world.paired_agent("bot-log", "628123450077")
+        world.sim.inject_text("bot-log", CUSTOMER, "hello")
+        await sup.send("bot-log", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="out"), trace_id="send-trace")
+        with world.bus.subscribe("bot-log") as events:
+            world.sim.drop("bot-log")
+            await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+    finally:
+        configure_logging("info", "json")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    tree = [line for line in lines if str(line["event"]).startswith(
+        ("gatewayd.agent.", "gatewayd.send.", "gatewayd.inbound."))]
+    assert {line["event"] for line in tree} >= {
+        "gatewayd.agent.started", "gatewayd.agent.status", "gatewayd.send.sent", "gatewayd.agent.reconnecting"}
+    assert all(line.get("agentId") == "bot-log" for line in tree), tree
+    assert not any(line.get("traceId") == "the-creating-request" for line in tree)
+    sent = [line for line in tree if line["event"] == "gatewayd.send.sent"]
+    assert sent[0]["traceId"] == "send-trace"
