@@ -81,7 +81,9 @@ async def main(n: int, idle: float) -> None:
                 sim, bus, metrics = SimulatedWhatsApp(), EventBus(), Metrics()
 
                 def make() -> AgentSupervisor:
-                    return AgentSupervisor(db=db, backend=sim, metrics=metrics, bus=bus, config=lambda: config)
+                    return AgentSupervisor(
+                        db=db, backend=sim, metrics=metrics, bus=bus, config=lambda: config
+                    )
 
                 async with trio.open_nursery() as nursery:
                     sup = make()
@@ -90,9 +92,12 @@ async def main(n: int, idle: float) -> None:
                     base_cpu = await idle_cpu(idle)
 
                     ids = [f"agent-{i:05d}" for i in range(n)]
-                    await db.run(lambda conn: conn.cursor().executemany(
-                        "INSERT INTO agents (agent_id, name, user_id, api_key) VALUES (%s, %s, 'bench', 'k')",
-                        [(i, i) for i in ids]))
+                    await db.run(
+                        lambda conn: conn.cursor().executemany(
+                            "INSERT INTO agents (agent_id, name, user_id, api_key) VALUES (%s, %s, 'bench', 'k')",
+                            [(i, i) for i in ids],
+                        )
+                    )
                     begin = time.perf_counter()
                     async with trio.open_nursery() as waiting:
                         waiting.start_soon(wait_connected, bus, sim, n, True)
@@ -118,15 +123,23 @@ async def main(n: int, idle: float) -> None:
     print(f"baseline RSS (0 agents)      {base_rss:8.1f} MiB")
     print(f"RSS with {n} agents        {loaded_rss:8.1f} MiB   (+{loaded_rss - base_rss:.1f} MiB)")
     print(f"RSS per agent                {(loaded_rss - base_rss) * 1024 / n:8.1f} KiB")
-    print(f"start+pair all (wall)        {start_time:8.2f} s     ({start_time / n * 1000:.2f} ms/agent)")
-    print(f"restore all (wall)           {restore_time:8.2f} s     ({restore_time / n * 1000:.2f} ms/agent)")
+    print(
+        f"start+pair all (wall)        {start_time:8.2f} s     ({start_time / n * 1000:.2f} ms/agent)"
+    )
+    print(
+        f"restore all (wall)           {restore_time:8.2f} s     ({restore_time / n * 1000:.2f} ms/agent)"
+    )
     print(f"idle CPU, 0 agents           {base_cpu * 100:8.2f} % of a core")
-    print(f"idle CPU, {n} agents       {loaded_cpu * 100:8.2f} % of a core"
-          f"   (ratio {loaded_cpu / base_cpu if base_cpu else float('inf'):.2f}x baseline)")
+    print(
+        f"idle CPU, {n} agents       {loaded_cpu * 100:8.2f} % of a core"
+        f"   (ratio {loaded_cpu / base_cpu if base_cpu else float('inf'):.2f}x baseline)"
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds to measure idle CPU")
     args = parser.parse_args()

@@ -20,20 +20,28 @@ DEFAULT_CONFIG = Path("gatewayd.toml")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatewayd", description="Multi-tenant WhatsApp gateway daemon")
+    parser = argparse.ArgumentParser(
+        prog="gatewayd", description="Multi-tenant WhatsApp gateway daemon"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", type=Path, help="TOML config (default: ./gatewayd.toml if present)")
+    run.add_argument(
+        "--config", type=Path, help="TOML config (default: ./gatewayd.toml if present)"
+    )
     run.add_argument("--whatsapp", choices=["neonize", "sim"], help="override whatsapp.mode")
 
-    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
+    check = sub.add_parser(
+        "check-config", help="validate a config file and print the effective config"
+    )
     check.add_argument("path", type=Path)
 
     migrate = sub.add_parser("migrate", help="apply or revert database migrations")
     migrate.add_argument("--config", type=Path)
     migrate.add_argument("action", choices=["up", "down", "status"])
-    migrate.add_argument("steps", nargs="?", type=int, help="up: target version; down: how many (default 1)")
+    migrate.add_argument(
+        "steps", nargs="?", type=int, help="up: target version; down: how many (default 1)"
+    )
     return parser
 
 

@@ -164,7 +164,9 @@ class Config:
     sessions: SessionsConfig = attrs.field(factory=SessionsConfig)
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    def from_toml(
+        cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    ) -> Config:
         """Load ``path`` strictly; then apply overrides from ``environ`` when given.
 
         Raises ConfigError listing every problem, each naming its key.
@@ -180,7 +182,9 @@ class Config:
         return cls.from_mapping(raw, environ)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    def from_mapping(
+        cls, raw: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> Config:
         errors: list[str] = []
         data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
         if environ is not None:
@@ -458,5 +462,7 @@ def effective(config: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, (value, field) in flatten(config).items():
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = mask(key, value, secret=bool(field.metadata.get("secret")))
+        out.setdefault(section, {})[name] = mask(
+            key, value, secret=bool(field.metadata.get("secret"))
+        )
     return out

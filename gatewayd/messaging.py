@@ -32,7 +32,9 @@ _SERIALIZED_ID = re.compile(r"^(true|false)_([^_]+@[a-z.]+)_([A-Za-z0-9]+)(?:_.*
 _EXT = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
 
 
-def _text(body: dict[str, Any], key: str, *, required: bool = True, limit: int = 65536) -> str | None:
+def _text(
+    body: dict[str, Any], key: str, *, required: bool = True, limit: int = 65536
+) -> str | None:
     value = body.get(key)
     if value is None and not required:
         return None
@@ -47,7 +49,9 @@ def recipient(gateway: Gateway, body: dict[str, Any], key: str = "to") -> str:
     value = body.get(key)
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise InvalidPayload(f"'{key}' must be a phone number or a JID")
-    return normalize_recipient(str(value), default_country_code=gateway.config.whatsapp.default_country_code)
+    return normalize_recipient(
+        str(value), default_country_code=gateway.config.whatsapp.default_country_code
+    )
 
 
 async def quote_for(gateway: Gateway, record: AgentRecord, chat: str, quote_id: str) -> Quote:
@@ -58,30 +62,46 @@ async def quote_for(gateway: Gateway, record: AgentRecord, chat: str, quote_id: 
         raise InvalidPayload("'quoteId' is not a WhatsApp message id")
     stored = await find_by_wa_id(gateway.db, record.id, message_id)
     if stored is not None:
-        sender = stored.sender if stored.direction == "inbound" else f"{record.phone_number}@s.whatsapp.net"
-        return Quote(message_id=message_id, sender=sender or chat, chat=stored.chat or chat, text=stored.text)
+        sender = (
+            stored.sender
+            if stored.direction == "inbound"
+            else f"{record.phone_number}@s.whatsapp.net"
+        )
+        return Quote(
+            message_id=message_id, sender=sender or chat, chat=stored.chat or chat, text=stored.text
+        )
     from_me = bool(match and match.group(1) == "true")
     own = f"{record.phone_number}@s.whatsapp.net" if record.phone_number else chat
     return Quote(message_id=message_id, sender=own if from_me else chat, chat=chat)
 
 
 def sent_body(sent: Sent, to: str) -> dict[str, Any]:
-    return {"messageId": sent.message_id, "id": sent.message_id, "to": to_contract_jid(to),
-            "timestamp": sent.timestamp_ms}
+    return {
+        "messageId": sent.message_id,
+        "id": sent.message_id,
+        "to": to_contract_jid(to),
+        "timestamp": sent.timestamp_ms,
+    }
 
 
-async def send_text(gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str) -> dict[str, Any]:
+async def send_text(
+    gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str
+) -> dict[str, Any]:
     to = recipient(gateway, body)
     text = _text(body, "message")
     quote = None
     quote_id = _text(body, "quoteId", required=False)
     if quote_id:
         quote = await quote_for(gateway, record, to, quote_id)
-    sent = await gateway.agents.send(record.agent_id, Outgoing(to=to, text=text, quote=quote), trace_id)
+    sent = await gateway.agents.send(
+        record.agent_id, Outgoing(to=to, text=text, quote=quote), trace_id
+    )
     return sent_body(sent, to)
 
 
-async def send_media(gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str) -> dict[str, Any]:
+async def send_media(
+    gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str
+) -> dict[str, Any]:
     to = recipient(gateway, body)
     media_cfg = gateway.config.media
     caption = _text(body, "caption", required=False)
@@ -102,19 +122,27 @@ async def send_media(gateway: Gateway, record: AgentRecord, body: dict[str, Any]
     else:
         if not isinstance(url, str):
             raise InvalidPayload("'url' must be a string")
-        fetched = await fetch_media(gateway.http, url, max_bytes=media_cfg.max_bytes,
-                                    allow_private=media_cfg.allow_private_urls)
+        fetched = await fetch_media(
+            gateway.http,
+            url,
+            max_bytes=media_cfg.max_bytes,
+            allow_private=media_cfg.allow_private_urls,
+        )
         content = fetched.data
         filename = filename or fetched.filename
     mimetype = sniff_image(content)
     if mimetype is None:
-        raise InvalidPayload("Only images are accepted (JPEG, PNG, GIF, WebP): the content is not one")
+        raise InvalidPayload(
+            "Only images are accepted (JPEG, PNG, GIF, WebP): the content is not one"
+        )
     preview: str | None = None
     if save:
         preview = await _save_preview(Path(media_cfg.temp_dir), record.agent_id, mimetype, content)
     sent = await gateway.agents.send(
         record.agent_id,
-        Outgoing(to=to, kind="image", text=caption, data=content, mimetype=mimetype, filename=filename),
+        Outgoing(
+            to=to, kind="image", text=caption, data=content, mimetype=mimetype, filename=filename
+        ),
         trace_id,
     )
     result = sent_body(sent, to)
@@ -137,20 +165,24 @@ async def _save_preview(directory: Path, agent_id: str, mimetype: str, content: 
     return str(path)
 
 
-async def run_ai(gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str) -> dict[str, Any]:
+async def run_ai(
+    gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str
+) -> dict[str, Any]:
     """POST /agents/{agentId}/run: call the AI; send its reply to the session JID."""
-    request = parse_run_request(body, default_country_code=gateway.config.whatsapp.default_country_code)
+    request = parse_run_request(
+        body, default_country_code=gateway.config.whatsapp.default_country_code
+    )
     answer = await ai_call(gateway, record, request.payload(), trace_id=trace_id)
     result: dict[str, Any] = dict(answer.body)
     result["replySent"] = False
     if answer.reply and request.session_jid:
         try:
-            sent = await gateway.agents.send(record.agent_id, Outgoing(to=request.session_jid, text=answer.reply),
-                                             trace_id)
+            sent = await gateway.agents.send(
+                record.agent_id, Outgoing(to=request.session_jid, text=answer.reply), trace_id
+            )
             result["replySent"] = True
             result["messageId"] = sent.message_id
         except GatewayError as exc:
             # The AI answered; only the WhatsApp side failed: say so, keep the answer.
             result["replyError"] = exc.message
     return result
-

@@ -38,9 +38,7 @@ class Metrics:
             registry=r,
         )
         # --- agents (the runtime) ---
-        self.agents = Gauge(
-            "gatewayd_agents", "Agents by status.", ["status"], registry=r
-        )
+        self.agents = Gauge("gatewayd_agents", "Agents by status.", ["status"], registry=r)
         self.agent_restarts = Counter(
             "gatewayd_agent_restarts_total",
             "Agent task trees restarted after an exception.",
@@ -51,10 +49,16 @@ class Metrics:
             "gatewayd_messages_sent_total", "Messages sent, by agent.", ["agent"], registry=r
         )
         self.messages_received = Counter(
-            "gatewayd_messages_received_total", "Messages received, by agent.", ["agent"], registry=r
+            "gatewayd_messages_received_total",
+            "Messages received, by agent.",
+            ["agent"],
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "gatewayd_send_queue_depth", "Commands waiting in an agent's send queue.", ["agent"], registry=r
+            "gatewayd_send_queue_depth",
+            "Commands waiting in an agent's send queue.",
+            ["agent"],
+            registry=r,
         )
         # --- the deployed service's names ---
         self.wa_sessions_active = Gauge(
@@ -64,11 +68,12 @@ class Metrics:
             "whatsapp_messages_sent_total", "Messages sent to WhatsApp.", ["agentId"], registry=r
         )
         self.wa_messages_received = Counter(
-            "whatsapp_messages_received_total", "Messages received from WhatsApp.", ["agentId"], registry=r
+            "whatsapp_messages_received_total",
+            "Messages received from WhatsApp.",
+            ["agentId"],
+            registry=r,
         )
-        self.wa_errors = Counter(
-            "whatsapp_errors_total", "Errors by code.", ["code"], registry=r
-        )
+        self.wa_errors = Counter("whatsapp_errors_total", "Errors by code.", ["code"], registry=r)
         self.wa_ai_latency = Histogram(
             "whatsapp_ai_latency_seconds",
             "Latency of AI backend calls.",

@@ -60,7 +60,9 @@ class Notifier:
     async def status(self, text: str) -> None:
         await self.send(f"STATUS={text}")
 
-    async def run_watchdog(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_watchdog(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Ping the watchdog at half of WATCHDOG_USEC for as long as the daemon runs."""
         task_status.started()
         if self.watchdog_interval is None or not self.address:

@@ -42,7 +42,9 @@ class CreatedSession:
     qr: QrSnapshot | None
 
 
-async def qr_image(snapshot: QrSnapshot | None, state: QrState | None = None) -> dict[str, str] | None:
+async def qr_image(
+    snapshot: QrSnapshot | None, state: QrState | None = None
+) -> dict[str, str] | None:
     """The contract's ``{contentType: "image/png", base64}`` for a QR, or None.
 
     The agent's QR state renders each QR once; a snapshot that is no longer the latest
@@ -83,13 +85,20 @@ async def create_session(
         log.info("gatewayd.session.reset", agentId=agent_id, status=existing.status)
         await agents.logout(agent_id)
         await agents_store.reset_identity(
-            db, existing.id, name=agent_name, api_key=key,
+            db,
+            existing.id,
+            name=agent_name,
+            api_key=key,
             endpoint_url_run=existing.endpoint_url_run or _seeded_endpoint(gateway, agent_id),
         )
         created = False
     else:
         await agents_store.create_agent(
-            db, agent_id=agent_id, name=agent_name, user_id=user_id, api_key=key,
+            db,
+            agent_id=agent_id,
+            name=agent_name,
+            user_id=user_id,
+            api_key=key,
             endpoint_url_run=_seeded_endpoint(gateway, agent_id),
         )
         created = True
@@ -112,7 +121,9 @@ async def session_status(gateway: Gateway, agent_id: str) -> dict[str, Any]:
     if record is None:
         raise SessionNotFound(f"No session for agent {agent_id!r}")
     handle = gateway.agents.get(agent_id)
-    live_status = handle.status if handle is not None and handle.status != "unknown" else record.status
+    live_status = (
+        handle.status if handle is not None and handle.status != "unknown" else record.status
+    )
     return {
         "agentId": record.agent_id,
         "userId": record.user_id,
@@ -184,7 +195,9 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
-async def authorize_agent(gateway: Gateway, agent_id: str, header: str | None) -> agents_store.AgentRecord:
+async def authorize_agent(
+    gateway: Gateway, agent_id: str, header: str | None
+) -> agents_store.AgentRecord:
     """The Bearer token must equal the agent's key. On a mismatch: 401 now, and the
     agent's key is re-synced in the background to the user's latest active key, so the
     next call with the new key passes (seed 001 §4)."""
@@ -200,7 +213,9 @@ async def authorize_agent(gateway: Gateway, agent_id: str, header: str | None) -
 
 async def resync_key(gateway: Gateway, agent_id: str, user_id: str) -> None:
     try:
-        key = await keys_store.latest_active_key(gateway.db, gateway.config.database.api_keys_table, user_id)
+        key = await keys_store.latest_active_key(
+            gateway.db, gateway.config.database.api_keys_table, user_id
+        )
         if key and await keys_store.set_agent_key(gateway.db, agent_id, key):
             log.info("gatewayd.auth.key_resynced", agentId=agent_id)
     except Exception:

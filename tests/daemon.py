@@ -84,7 +84,9 @@ class Daemon:
                 if found is not None:
                     return found
                 if self.process.returncode is not None:
-                    raise AssertionError(f"daemon exited before {event}:\n" + "\n".join(self.raw[-40:]))
+                    raise AssertionError(
+                        f"daemon exited before {event}:\n" + "\n".join(self.raw[-40:])
+                    )
                 waiter = self._new_line
                 with trio.move_on_after(0.5):
                     await waiter.wait()

@@ -38,9 +38,17 @@ class World:
     sup: AgentSupervisor | None = None
     cancel: trio.CancelScope | None = None
 
-    async def start_supervisor(self, forward: Any = record_only, *, restore: bool = True) -> AgentSupervisor:
-        sup = AgentSupervisor(db=self.db, backend=self.sim, metrics=self.metrics, bus=self.bus,
-                              config=lambda: self.config, forward=forward)
+    async def start_supervisor(
+        self, forward: Any = record_only, *, restore: bool = True
+    ) -> AgentSupervisor:
+        sup = AgentSupervisor(
+            db=self.db,
+            backend=self.sim,
+            metrics=self.metrics,
+            bus=self.bus,
+            config=lambda: self.config,
+            forward=forward,
+        )
         scope = trio.CancelScope()
 
         async def run(*, task_status: trio.TaskStatus[None]) -> None:
@@ -60,7 +68,9 @@ class World:
         await self.sup.finished.wait()  # the shutdown status write included
 
     async def new_agent(self, agent_id: str) -> None:
-        await agents_store.create_agent(self.db, agent_id=agent_id, name=agent_id, user_id="u1", api_key="k")
+        await agents_store.create_agent(
+            self.db, agent_id=agent_id, name=agent_id, user_id="u1", api_key="k"
+        )
 
     async def paired_agent(self, agent_id: str, phone: str) -> AgentHandle:
         """Create, start, scan the QR, and wait until connected."""
@@ -74,7 +84,9 @@ class World:
         return handle
 
 
-async def wait_for(sub: Any, predicate: Callable[[BusEvent], bool], timeout: float = 30) -> BusEvent:
+async def wait_for(
+    sub: Any, predicate: Callable[[BusEvent], bool], timeout: float = 30
+) -> BusEvent:
     # Under autojump_clock a deadline would fire while a database thread runs (the
     # clock jumps whenever every task waits), so virtual-time tests wait unbounded and
     # rely on pytest's faulthandler_timeout for hangs.
@@ -120,7 +132,9 @@ async def test_supervisor_restart_restores_connected_agents(world: World) -> Non
         sup = await world.start_supervisor()
         connected: set[str] = set()
         while connected != {"bot-a", "bot-b"}:
-            e = await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+            e = await wait_for(
+                events, lambda e: e.kind == "status" and e.data["status"] == "connected"
+            )
             connected.add(e.agent_id)
     assert all(h.connected for h in sup.handles())
     sent = await sup.send("bot-b", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="after restart"))
@@ -145,13 +159,22 @@ async def test_a_crashing_tree_restarts_while_another_agent_keeps_sending(world:
         world.sim.inject_text("fragile", CUSTOMER, "hello")
         sent = []
         for i in range(5):
-            sent.append(await sup.send("steady", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"m{i}")))
+            sent.append(
+                await sup.send("steady", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"m{i}"))
+            )
         # The persisted message is re-handed after each restart until it is handled.
         await wait_for(fragile_events, lambda e: e.kind == "handled")
     assert crashes == 2 and fragile.restarts == 2
-    restarts = world.metrics.registry.get_sample_value("gatewayd_agent_restarts_total", {"agent": "fragile"})
+    restarts = world.metrics.registry.get_sample_value(
+        "gatewayd_agent_restarts_total", {"agent": "fragile"}
+    )
     assert restarts == 2
-    assert world.metrics.registry.get_sample_value("gatewayd_agent_restarts_total", {"agent": "steady"}) is None
+    assert (
+        world.metrics.registry.get_sample_value(
+            "gatewayd_agent_restarts_total", {"agent": "steady"}
+        )
+        is None
+    )
     assert [r.text for r in world.sim.sent("steady")] == [f"m{i}" for i in range(5)]
     assert fragile.connected  # reconnected after the restarts
     assert sup.get("steady") is not None and sup.get("steady").restarts == 0  # type: ignore[union-attr]
@@ -185,7 +208,9 @@ async def test_terminal_events_stop_reconnects(
     await trio.sleep(600)  # ten virtual minutes: a blind reconnect would have happened
     assert len(world.sim.connect_attempts[device]) == attempts_before
     record = await agents_store.get_agent(world.db, "bot-a")
-    assert record is not None and record.status == status and record.status_reason.startswith(reason)  # type: ignore[union-attr]
+    assert (
+        record is not None and record.status == status and record.status_reason.startswith(reason)
+    )  # type: ignore[union-attr]
     if action == "log_out":
         assert record.device_jid is None  # the device data is gone
         assert device not in await world.sim.known_devices()
@@ -226,7 +251,8 @@ async def test_inbound_is_persisted_before_it_is_published(world: World) -> None
         event = await wait_for(events, lambda e: e.kind == "message")
         row = await world.db.run(
             lambda conn: conn.execute(
-                "SELECT wa_message_id, text, direction FROM messages WHERE id = %s", (event.data["rowId"],)
+                "SELECT wa_message_id, text, direction FROM messages WHERE id = %s",
+                (event.data["rowId"],),
             ).fetchone()
         )
         seen_rows.append(row is not None)
@@ -239,14 +265,25 @@ async def test_unhandled_inbound_is_handed_again_after_a_restart(world: World) -
     await world.start_supervisor()
     handle = await world.paired_agent("bot-a", "628123450001")
     await world.stop_supervisor()
-    fresh = InboundMessage(id="3EB0FRESH", chat=f"{CUSTOMER}@s.whatsapp.net",
-                           sender=f"{CUSTOMER}@s.whatsapp.net", timestamp_ms=1_700_000_000_000, text="fresh")
+    fresh = InboundMessage(
+        id="3EB0FRESH",
+        chat=f"{CUSTOMER}@s.whatsapp.net",
+        sender=f"{CUSTOMER}@s.whatsapp.net",
+        timestamp_ms=1_700_000_000_000,
+        text="fresh",
+    )
     stale = attrs.evolve(fresh, id="3EB0STALE", text="stale")
     fresh_row = await messages_store.insert_inbound(world.db, handle.id, fresh)
     stale_row = await messages_store.insert_inbound(world.db, handle.id, stale)
-    await world.db.run(lambda conn: conn.execute(
-        "UPDATE messages SET created_at = now() - interval '2 hours' WHERE id = %s", (stale_row,)
-    ) and None)
+    await world.db.run(
+        lambda conn: (
+            conn.execute(
+                "UPDATE messages SET created_at = now() - interval '2 hours' WHERE id = %s",
+                (stale_row,),
+            )
+            and None
+        )
+    )
     forwarded: list[InboundMessage] = []
 
     async def forward(h: AgentHandle, stored: StoredInbound) -> str:
@@ -257,25 +294,35 @@ async def test_unhandled_inbound_is_handed_again_after_a_restart(world: World) -
         await world.start_supervisor(forward=forward)
         await wait_for(events, lambda e: e.kind == "handled")
     assert forwarded == [fresh]  # exactly as it arrived, mentions and all
-    outcome = await world.db.run(lambda conn: conn.execute(
-        "SELECT id, outcome, handled_at IS NOT NULL FROM messages WHERE id IN (%s, %s) ORDER BY id",
-        (fresh_row, stale_row)).fetchall())
+    outcome = await world.db.run(
+        lambda conn: conn.execute(
+            "SELECT id, outcome, handled_at IS NOT NULL FROM messages WHERE id IN (%s, %s) ORDER BY id",
+            (fresh_row, stale_row),
+        ).fetchall()
+    )
     assert outcome == [(fresh_row, "forwarded", True), (stale_row, None, False)]
 
 
 async def test_the_501st_queued_send_is_refused_at_once(world: World) -> None:
     """With 500 sends waiting, the next one is RateLimited without waiting; sends need a connection."""
-    world.config = attrs.evolve(world.config, agents=attrs.evolve(
-        world.config.agents, send_rate_per_minute=0.001, send_burst=1))
+    world.config = attrs.evolve(
+        world.config,
+        agents=attrs.evolve(world.config.agents, send_rate_per_minute=0.001, send_burst=1),
+    )
     sup = await world.start_supervisor()
     await world.new_agent("idle")
     await sup.start("idle")
     with pytest.raises(SessionNotReady):
         sup.submit("idle", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="x"))
     await world.paired_agent("bot-a", "628123450001")
-    first = await sup.send("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="first"))  # the burst token
+    first = await sup.send(
+        "bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="first")
+    )  # the burst token
     assert first.message_id
-    replies = [sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}")) for i in range(500)]
+    replies = [
+        sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}"))
+        for i in range(500)
+    ]
     assert sup.get("bot-a").queue_depth() == 500  # type: ignore[union-attr]
     with pytest.raises(RateLimited):
         sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="one too many"))
@@ -286,11 +333,22 @@ async def test_sends_are_recorded_with_their_trace_id(world: World) -> None:
     """A send answers with WhatsApp's id and leaves an outbound row carrying the caller's traceId."""
     sup = await world.start_supervisor()
     await world.paired_agent("bot-a", "628123450001")
-    sent = await sup.send("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="hi"), trace_id="trace-42")
-    row = await world.db.run(lambda conn: conn.execute(
-        "SELECT wa_message_id, text, trace_id, status FROM messages WHERE id = %s", (sent.row_id,)).fetchone())
+    sent = await sup.send(
+        "bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="hi"), trace_id="trace-42"
+    )
+    row = await world.db.run(
+        lambda conn: conn.execute(
+            "SELECT wa_message_id, text, trace_id, status FROM messages WHERE id = %s",
+            (sent.row_id,),
+        ).fetchone()
+    )
     assert row == (sent.message_id, "hi", "trace-42", "sent")
-    assert world.metrics.registry.get_sample_value("whatsapp_messages_sent_total", {"agentId": "bot-a"}) == 1
+    assert (
+        world.metrics.registry.get_sample_value(
+            "whatsapp_messages_sent_total", {"agentId": "bot-a"}
+        )
+        == 1
+    )
 
 
 async def test_pairing_qr_rotates_on_schedule_then_fails(
@@ -307,7 +365,10 @@ async def test_pairing_qr_rotates_on_schedule_then_fails(
             event = await wait_for(events, lambda e: e.kind in ("qr", "status"), timeout=600)
             if event.kind == "qr":
                 times.append(trio.current_time() - start)
-                assert handle.qr.latest is not None and handle.qr.latest.payload == event.data["payload"]
+                assert (
+                    handle.qr.latest is not None
+                    and handle.qr.latest.payload == event.data["payload"]
+                )
             elif event.data["status"] == "auth_failed":
                 failed_at = trio.current_time() - start
                 break
@@ -315,16 +376,23 @@ async def test_pairing_qr_rotates_on_schedule_then_fails(
     assert failed_at == 160
     assert handle.qr.latest is None
     record = await agents_store.get_agent(world.db, "bot-a")
-    assert record is not None and record.status == "auth_failed" and record.status_reason == "pairing_failed:timeout"
+    assert (
+        record is not None
+        and record.status == "auth_failed"
+        and record.status_reason == "pairing_failed:timeout"
+    )
 
 
 async def test_a_thousand_simulated_agents_start_in_one_process(world: World) -> None:
     """1,000 agents pair and connect in one process (timing is measured in bench/, not here)."""
     sup = await world.start_supervisor()
     ids = [f"agent-{i:04d}" for i in range(1000)]
-    await world.db.run(lambda conn: conn.cursor().executemany(
-        "INSERT INTO agents (agent_id, name, user_id, api_key) VALUES (%s, %s, 'u', 'k')",
-        [(i, i) for i in ids]))
+    await world.db.run(
+        lambda conn: conn.cursor().executemany(
+            "INSERT INTO agents (agent_id, name, user_id, api_key) VALUES (%s, %s, 'u', 'k')",
+            [(i, i) for i in ids],
+        )
+    )
     with world.bus.subscribe(buffer=10_000) as events:
         for agent_id in ids:
             await sup.start(agent_id)
@@ -338,8 +406,11 @@ async def test_a_thousand_simulated_agents_start_in_one_process(world: World) ->
                     if len(connected) == 1000:
                         break
     assert sup.counts_by_status() == {"connected": 1000}
-    count = await world.db.run(lambda conn: conn.execute(
-        "SELECT count(*) FROM agents WHERE status = 'connected'").fetchone())
+    count = await world.db.run(
+        lambda conn: conn.execute(
+            "SELECT count(*) FROM agents WHERE status = 'connected'"
+        ).fetchone()
+    )
     assert count == (1000,)
 
 
@@ -359,17 +430,26 @@ async def test_every_line_of_an_agent_tree_carries_its_agent_id(world: World) ->
         with structlog.contextvars.bound_contextvars(traceId="the-creating-request"):
             await world.paired_agent("bot-log", "628123450077")
         world.sim.inject_text("bot-log", CUSTOMER, "hello")
-        await sup.send("bot-log", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="out"), trace_id="send-trace")
+        await sup.send(
+            "bot-log", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="out"), trace_id="send-trace"
+        )
         with world.bus.subscribe("bot-log") as events:
             world.sim.drop("bot-log")
             await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
     finally:
         configure_logging("info", "json")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    tree = [line for line in lines if str(line["event"]).startswith(
-        ("gatewayd.agent.", "gatewayd.send.", "gatewayd.inbound."))]
+    tree = [
+        line
+        for line in lines
+        if str(line["event"]).startswith(("gatewayd.agent.", "gatewayd.send.", "gatewayd.inbound."))
+    ]
     assert {line["event"] for line in tree} >= {
-        "gatewayd.agent.started", "gatewayd.agent.status", "gatewayd.send.sent", "gatewayd.agent.reconnecting"}
+        "gatewayd.agent.started",
+        "gatewayd.agent.status",
+        "gatewayd.send.sent",
+        "gatewayd.agent.reconnecting",
+    }
     assert all(line.get("agentId") == "bot-log" for line in tree), tree
     assert not any(line.get("traceId") == "the-creating-request" for line in tree)
     sent = [line for line in tree if line["event"] == "gatewayd.send.sent"]

@@ -13,8 +13,13 @@ from gatewayd.store.migrations import discover_migrations
 def migrate(tmp_path: Path, pg_dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "gatewayd.toml"
     config.write_text(f'[database]\nurl = "{pg_dsn}"\n')
-    return subprocess.run([sys.executable, "-m", "gatewayd", "migrate", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, env=_environ_without_db_overrides())
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", "migrate", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_environ_without_db_overrides(),
+    )
 
 
 def _environ_without_db_overrides() -> dict[str, str]:

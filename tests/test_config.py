@@ -65,8 +65,13 @@ def test_every_error_is_reported_at_once() -> None:
 def test_value_rules_name_the_key() -> None:
     """Ranges and formats the type cannot express are checked too."""
     assert errors_of({"server": {"port": 70000}}) == ["server.port: expected 0..65535, got 70000"]
-    assert errors_of({"database": {"url": "mysql://x"}}) == ["database.url: expected a postgresql:// URL"]
-    assert any(e.startswith("database.api_keys_table:") for e in errors_of({"database": {"api_keys_table": "x; drop"}}))
+    assert errors_of({"database": {"url": "mysql://x"}}) == [
+        "database.url: expected a postgresql:// URL"
+    ]
+    assert any(
+        e.startswith("database.api_keys_table:")
+        for e in errors_of({"database": {"api_keys_table": "x; drop"}})
+    )
 
 
 def test_float_key_accepts_an_integer() -> None:
@@ -119,9 +124,13 @@ def test_every_key_has_an_environment_name() -> None:
         for field in attrs.fields(section.type):  # type: ignore[arg-type]
             default = getattr(getattr(defaults, section.name), field.name)
             special = {
-                "log.level": "error", "log.format": "json", "whatsapp.mode": "sim",
-                "database.url": "postgresql://u@h/d", "database.api_keys_table": "keys",
-                "whatsapp.default_country_code": "44", "database.pool_min": "2",
+                "log.level": "error",
+                "log.format": "json",
+                "whatsapp.mode": "sim",
+                "database.url": "postgresql://u@h/d",
+                "database.api_keys_table": "keys",
+                "whatsapp.default_country_code": "44",
+                "database.pool_min": "2",
                 "forwarding.developer_number": "6281234567890",
             }
             sample = special.get(f"{section.name}.{field.name}") or samples.get(type(default))
@@ -162,7 +171,9 @@ def test_deployed_service_names_are_honoured() -> None:
 
 def test_gatewayd_names_win_over_deployed_names() -> None:
     """GATEWAYD_SERVER_PORT beats PORT; environment beats the file."""
-    config = Config.from_mapping({"server": {"port": 1}}, {"PORT": "2", "GATEWAYD_SERVER_PORT": "3"})
+    config = Config.from_mapping(
+        {"server": {"port": 1}}, {"PORT": "2", "GATEWAYD_SERVER_PORT": "3"}
+    )
     assert config.server.port == 3
     assert Config.from_mapping({"server": {"port": 1}}, {"PORT": "2"}).server.port == 2
 
@@ -186,7 +197,9 @@ def test_diff_lists_changed_keys_and_whether_they_apply_live() -> None:
 def test_merge_live_keeps_restart_keys() -> None:
     """A reload applies live keys and keeps the running value of restart-only ones."""
     old = Config()
-    new = Config.from_mapping({"server": {"port": 4000, "body_limit": 2048}, "database": {"url": "postgresql://x/y"}})
+    new = Config.from_mapping(
+        {"server": {"port": 4000, "body_limit": 2048}, "database": {"url": "postgresql://x/y"}}
+    )
     merged = merge_live(old, new)
     assert merged.server.port == 3000
     assert merged.database.url == ""
@@ -196,7 +209,10 @@ def test_merge_live_keeps_restart_keys() -> None:
 def test_effective_config_masks_secrets() -> None:
     """Passwords in URLs and tokens never appear in the effective config."""
     config = Config.from_mapping(
-        {"database": {"url": "postgresql://gw:hunter2@db/gw"}, "server": {"admin_token": "tok-secret"}}
+        {
+            "database": {"url": "postgresql://gw:hunter2@db/gw"},
+            "server": {"admin_token": "tok-secret"},
+        }
     )
     shown = effective(config)
     assert shown["database"]["url"] == "postgresql://gw:***@db/gw"
@@ -206,7 +222,11 @@ def test_effective_config_masks_secrets() -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gatewayd", *args], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "gatewayd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 

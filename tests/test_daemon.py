@@ -15,8 +15,15 @@ import trio
 from tests.daemon import Daemon
 
 
-def write_config(path: Path, pg_dsn: str, *, level: str = "info", body_limit: int = 16777216,
-                 port: int = 0, extra: str = "") -> None:
+def write_config(
+    path: Path,
+    pg_dsn: str,
+    *,
+    level: str = "info",
+    body_limit: int = 16777216,
+    port: int = 0,
+    extra: str = "",
+) -> None:
     path.write_text(
         f"""
 [server]
@@ -48,7 +55,9 @@ async def notify_socket(tmp_path: Path) -> AsyncIterator[trio.socket.SocketType]
     sock.close()
 
 
-async def next_notification(sock: trio.socket.SocketType, *, skip_watchdog: bool = True) -> dict[str, str]:
+async def next_notification(
+    sock: trio.socket.SocketType, *, skip_watchdog: bool = True
+) -> dict[str, str]:
     with trio.fail_after(30):
         while True:
             data = await sock.recv(4096)
@@ -99,7 +108,9 @@ async def test_sighup_applies_valid_and_rejects_invalid_config(
         assert await daemon.wait() == 0
 
 
-async def test_sigterm_stops_gracefully_with_exit_0(tmp_path: Path, pg_dsn: str, nursery: trio.Nursery) -> None:
+async def test_sigterm_stops_gracefully_with_exit_0(
+    tmp_path: Path, pg_dsn: str, nursery: trio.Nursery
+) -> None:
     """SIGTERM stops accepting connections and exits 0 within the grace period."""
     config = tmp_path / "gatewayd.toml"
     write_config(config, pg_dsn)

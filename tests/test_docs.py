@@ -30,14 +30,20 @@ def document() -> dict[str, Any]:
 
 
 def documented_operations() -> set[tuple[str, str]]:
-    return {(method.upper(), path) for path, item in document()["paths"].items()
-            for method in item if method in ("get", "post", "put", "patch", "delete")}
+    return {
+        (method.upper(), path)
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    }
 
 
 def test_json_files_are_generated_from_the_yaml() -> None:
     """openapi.json and the package's copy equal what tools/openapi_json.py makes of openapi.yaml."""
     expected = openapi_json.render_json(openapi_json.load_document())
-    assert (ROOT / "openapi.json").read_text(encoding="utf-8") == expected, "run python3 tools/openapi_json.py"
+    assert (ROOT / "openapi.json").read_text(encoding="utf-8") == expected, (
+        "run python3 tools/openapi_json.py"
+    )
     shipped = resources.files("gatewayd").joinpath("openapi.json").read_text(encoding="utf-8")
     assert shipped == expected, "run python3 tools/openapi_json.py"
     assert openapi_json.main(["--check"]) == 0
@@ -52,8 +58,15 @@ def test_yaml_subset_parser_reads_what_yaml_would_and_refuses_the_rest() -> None
     with pytest.raises(openapi_json.YamlSubsetError):
         openapi_json.parse_yaml(text)  # "no" would be a YAML 1.1 boolean
     parsed = openapi_json.parse_yaml(text.replace("plain text: no", "- x"))
-    assert parsed == {"a": 1, "b": 1.5, "c": True, "d": None, "e": "{x}", "f": "q\n",
-                      "200": [{}, {"k": "v", "l": [1, "two"]}, ["x"]]}
+    assert parsed == {
+        "a": 1,
+        "b": 1.5,
+        "c": True,
+        "d": None,
+        "e": "{x}",
+        "f": "q\n",
+        "200": [{}, {"k": "v", "l": [1, "two"]}, ["x"]],
+    }
     for bad in ("a: |\n  text\n", "a: 2025-01-01\n", "a: b # comment\n", "a:\n  b: 1\n c: 2\n"):
         with pytest.raises(openapi_json.YamlSubsetError):
             openapi_json.parse_yaml(bad)
@@ -61,7 +74,9 @@ def test_yaml_subset_parser_reads_what_yaml_would_and_refuses_the_rest() -> None
 
 def test_every_route_is_documented_and_every_documented_path_exists() -> None:
     """The app's routes under the documented prefixes and the document's operations are the same set."""
-    gateway = SimpleNamespace(config=Config.from_mapping({"whatsapp": {"mode": "sim"}}), metrics=None)
+    gateway = SimpleNamespace(
+        config=Config.from_mapping({"whatsapp": {"mode": "sim"}}), metrics=None
+    )
     app = create_app(gateway)  # type: ignore[arg-type]
     routes: set[tuple[str, str]] = set()
     for route in app.routes:

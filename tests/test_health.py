@@ -21,14 +21,18 @@ from tests.daemon import Daemon
 from tests.gateway_fixtures import make_config
 
 
-async def test_health_is_503_while_the_database_is_down(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_health_is_503_while_the_database_is_down(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """/health answers 503 with database down when PostgreSQL stops, and 200 once it is back."""
     server = EmbeddedPostgres(tmp_path / "pg")
     dsn = await trio.to_thread.run_sync(server.start)
     try:
         config = make_config(dsn, database={"health_timeout": 2.0})
         gateway: Gateway = await nursery.start(
-            lambda task_status: run_gateway(config, environ={}, handle_signals=False, task_status=task_status)
+            lambda task_status: run_gateway(
+                config, environ={}, handle_signals=False, task_status=task_status
+            )
         )
         async with httpx.AsyncClient(base_url=gateway.http_binds[0], timeout=30) as client:
             assert (await client.get("/health")).status_code == 200
@@ -50,16 +54,24 @@ def postgres_processes_for(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["name"] == "postgres" and str(data_dir) in cmdline and proc.status() != psutil.STATUS_ZOMBIE:
+        if (
+            proc.info["name"] == "postgres"
+            and str(data_dir) in cmdline
+            and proc.status() != psutil.STATUS_ZOMBIE
+        ):
             found.append(proc)
     return found
 
 
-async def test_plain_run_uses_embedded_postgres_kept_across_restarts(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_plain_run_uses_embedded_postgres_kept_across_restarts(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """Without database.url the daemon runs its own PostgreSQL, stops it on exit, and finds its data again."""
     config = tmp_path / "gatewayd.toml"
     data_dir = tmp_path / "data"
-    config.write_text(f'[server]\nport = 0\n[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n[whatsapp]\nmode = "sim"\n')
+    config.write_text(
+        f'[server]\nport = 0\n[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n[whatsapp]\nmode = "sim"\n'
+    )
     env = {"DB_URL": "", "GATEWAYD_DATABASE_URL": ""}
     daemon = await Daemon.start(nursery, ["--config", str(config)], env)
     async with httpx.AsyncClient(base_url=daemon.base_url) as client:
@@ -79,7 +91,9 @@ async def test_plain_run_uses_embedded_postgres_kept_across_restarts(tmp_path: P
     assert not postgres_processes_for(data_dir)
 
 
-async def test_in_flight_requests_finish_during_the_grace_period(running: object, nursery: trio.Nursery) -> None:
+async def test_in_flight_requests_finish_during_the_grace_period(
+    running: object, nursery: trio.Nursery
+) -> None:
     """After a stop is requested, a request already running completes; new connections are refused."""
     from tests.gateway_fixtures import Running
 

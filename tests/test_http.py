@@ -56,12 +56,18 @@ async def test_unknown_route_is_404_in_both_dialects(client: httpx.AsyncClient) 
     r = await client.get("/nope")
     assert r.status_code == 404
     body = r.json()
-    assert body == {"error": {"code": "NOT_FOUND", "message": "Not found", "traceId": r.headers["x-request-id"]}}
+    assert body == {
+        "error": {"code": "NOT_FOUND", "message": "Not found", "traceId": r.headers["x-request-id"]}
+    }
     r = await client.get("/api/v1/nope")
     assert r.status_code == 404
     assert r.json() == {
         "success": False,
-        "error": {"code": "NOT_FOUND", "message": "Not found", "traceId": r.headers["x-request-id"]},
+        "error": {
+            "code": "NOT_FOUND",
+            "message": "Not found",
+            "traceId": r.headers["x-request-id"],
+        },
     }
 
 
@@ -74,7 +80,9 @@ async def test_wrong_method_is_405_in_the_error_shape(client: httpx.AsyncClient)
 
 async def test_bad_json_is_400_invalid_payload(client: httpx.AsyncClient) -> None:
     """Malformed JSON and non-object JSON are 400 INVALID_PAYLOAD with a reason."""
-    r = await client.post("/echo", content=b"{not json", headers={"content-type": "application/json"})
+    r = await client.post(
+        "/echo", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["code"] == "INVALID_PAYLOAD"
@@ -94,7 +102,9 @@ async def test_body_over_limit_is_413_by_length_and_while_streaming(
     import attrs
 
     gateway = running.gateway
-    gateway.config = attrs.evolve(gateway.config, server=attrs.evolve(gateway.config.server, body_limit=4096))
+    gateway.config = attrs.evolve(
+        gateway.config, server=attrs.evolve(gateway.config.server, body_limit=4096)
+    )
     r = await client.post("/echo", content=b"x" * 5000)
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
@@ -114,12 +124,16 @@ async def test_body_over_limit_is_413_by_length_and_while_streaming(
     assert r.status_code == 200
 
 
-async def test_unhandled_exception_is_500_logged_with_stack_not_leaked(client: httpx.AsyncClient) -> None:
+async def test_unhandled_exception_is_500_logged_with_stack_not_leaked(
+    client: httpx.AsyncClient,
+) -> None:
     """An unhandled exception answers 500 INTERNAL without details and is logged with its stack."""
     with structlog.testing.capture_logs() as logs:
         r = await client.get("/boom", headers={"X-Request-ID": "trace-500"})
     assert r.status_code == 500
-    assert r.json() == {"error": {"code": "INTERNAL", "message": "Internal server error", "traceId": "trace-500"}}
+    assert r.json() == {
+        "error": {"code": "INTERNAL", "message": "Internal server error", "traceId": "trace-500"}
+    }
     assert "secret internal detail" not in r.text
     assert "Traceback" not in r.text
     entries = [e for e in logs if e["event"] == "gatewayd.http.unhandled"]
@@ -155,7 +169,9 @@ async def test_security_headers_on_every_answer(client: httpx.AsyncClient) -> No
 async def test_cors_follows_the_live_config(client: httpx.AsyncClient, running: Running) -> None:
     """CORS allows exactly the configured origins, and a config change applies at once."""
     origin = "https://dash.example.com"
-    r = await client.options("/health", headers={"Origin": origin, "Access-Control-Request-Method": "GET"})
+    r = await client.options(
+        "/health", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+    )
     assert r.status_code == 403
     assert "access-control-allow-origin" not in r.headers
     gateway = running.gateway
@@ -164,7 +180,9 @@ async def test_cors_follows_the_live_config(client: httpx.AsyncClient, running: 
     gateway.config = attrs.evolve(
         gateway.config, server=attrs.evolve(gateway.config.server, cors_origins=[origin])
     )
-    r = await client.options("/health", headers={"Origin": origin, "Access-Control-Request-Method": "GET"})
+    r = await client.options(
+        "/health", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+    )
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == origin
     r = await client.get("/nope", headers={"Origin": origin})
@@ -185,7 +203,9 @@ async def test_health_reports_database_and_whatsapp(running: Running) -> None:
     assert "whatsapp" in body["components"]
 
 
-async def test_metrics_are_prometheus_text_labelled_by_route_template(client: httpx.AsyncClient) -> None:
+async def test_metrics_are_prometheus_text_labelled_by_route_template(
+    client: httpx.AsyncClient,
+) -> None:
     """/metrics parses with prometheus_client and labels requests by template, never raw path."""
     await client.get("/items/123?s=0")
     await client.get("/items/456?s=0")
@@ -199,7 +219,11 @@ async def test_metrics_are_prometheus_text_labelled_by_route_template(client: ht
     assert "/items/{item_id}" in routes
     assert "<unmatched>" in routes
     assert not any("123" in route or "unknown" in route for route in routes)
-    counted = [s for s in requests.samples if s.labels["route"] == "/items/{item_id}" and s.name.endswith("_total")]
+    counted = [
+        s
+        for s in requests.samples
+        if s.labels["route"] == "/items/{item_id}" and s.name.endswith("_total")
+    ]
     assert sum(s.value for s in counted) == 2
     histogram = families["gatewayd_http_request_duration_seconds"]
     assert histogram.type == "histogram"

@@ -29,7 +29,11 @@ def test_json_lines_carry_context_and_respect_the_live_level() -> None:
     log.info("gatewayd.test.dropped")
     logging.getLogger("psycopg.pool").warning("pool trouble")
     out = lines(stream)
-    assert [e["event"] for e in out] == ["gatewayd.test.event", "gatewayd.test.shown", "pool trouble"]
+    assert [e["event"] for e in out] == [
+        "gatewayd.test.event",
+        "gatewayd.test.shown",
+        "pool trouble",
+    ]
     first = out[0]
     assert first["traceId"] == "t-1" and first["agentId"] == "bot" and first["level"] == "info"
     assert str(first["timestamp"]).endswith("Z")

@@ -136,7 +136,9 @@ async def test_status_follows_up_and_down(pg_dsn: str) -> None:
     async with open_database(pg_dsn) as db:
         before = await migration_status(db)
         shipped = [(m.version, m.name) for m in discover_migrations()]
-        assert [(s.version, s.name, s.applied_at) for s in before] == [(v, n, None) for v, n in shipped]
+        assert [(s.version, s.name, s.applied_at) for s in before] == [
+            (v, n, None) for v, n in shipped
+        ]
         assert shipped[0] == (1, "init")
         # Asking for the status writes nothing, not even the bookkeeping table.
         assert await db.run(_regclass, MIGRATIONS_TABLE) is None
@@ -234,7 +236,9 @@ async def test_waiting_for_the_lock_can_be_cancelled(pg_dsn: str) -> None:
             assert scope.cancelled_caught
             release.set()
         assert not (await migration_status(db))[0].applied
-        assert [m.version for m in await migrate_up(db)] == [m.version for m in discover_migrations()]
+        assert [m.version for m in await migrate_up(db)] == [
+            m.version for m in discover_migrations()
+        ]
 
 
 async def test_the_schema_enforces_its_rules(database: Database) -> None:

@@ -52,7 +52,9 @@ def _neonize_connections(dsn: str) -> int:
     return count
 
 
-async def test_store_is_prepared_in_its_own_schema_and_role(backend: NeonizeBackend, pg_dsn: str) -> None:
+async def test_store_is_prepared_in_its_own_schema_and_role(
+    backend: NeonizeBackend, pg_dsn: str
+) -> None:
     """whatsmeow's tables live in their own schema, owned by a role with an idle timeout."""
     tables = _scalar(
         pg_dsn,
@@ -60,11 +62,19 @@ async def test_store_is_prepared_in_its_own_schema_and_role(backend: NeonizeBack
         " AND table_name LIKE 'whatsmeow%%'",
     )
     assert tables == 17
-    assert _scalar(pg_dsn, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE 'whatsmeow%%'") == 0
+    assert (
+        _scalar(
+            pg_dsn,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE 'whatsmeow%%'",
+        )
+        == 0
+    )
     config = _scalar(pg_dsn, "SELECT rolconfig FROM pg_roles WHERE rolname = %s", ROLE)
     assert config == ["idle_session_timeout=1s"]
     assert "search_path=whatsmeow" in backend.store.url
-    assert "password" not in repr(backend.store) and backend.store.url.split(":")[2] not in repr(backend)
+    assert "password" not in repr(backend.store) and backend.store.url.split(":")[2] not in repr(
+        backend
+    )
     assert await backend.known_devices() == frozenset()
 
 
@@ -95,7 +105,9 @@ async def test_unknown_device_fails_without_reaching_neonize(backend: NeonizeBac
     assert recv.receive_nowait() == info.value.event
 
 
-async def test_offline_connect_fails_cleanly_and_calls_refuse(backend: NeonizeBackend, pg_dsn: str) -> None:
+async def test_offline_connect_fails_cleanly_and_calls_refuse(
+    backend: NeonizeBackend, pg_dsn: str
+) -> None:
     """A DNS failure surfaces as ConnectFailed(Disconnected) from a NeonizeError; calls say NotConnected."""
     from neonize.exc import NeonizeError
 

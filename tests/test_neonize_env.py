@@ -68,4 +68,9 @@ def test_linked_device_is_named_gatewayd() -> None:
 
 if __name__ == "__main__":
     # The re-exec target of the tests above: report what the new image sees.
-    print(json.dumps({"pid": os.getpid(), "bot_tag": os.environ.get("NEONIZE_BOT_TAG"), "argv": sys.argv[1:]}), flush=True)
+    print(
+        json.dumps(
+            {"pid": os.getpid(), "bot_tag": os.environ.get("NEONIZE_BOT_TAG"), "argv": sys.argv[1:]}
+        ),
+        flush=True,
+    )

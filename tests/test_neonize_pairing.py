@@ -80,14 +80,20 @@ async def test_cancelled_pairing_kills_the_child_and_leaks_nothing(backend: Neon
         nursery.cancel_scope.cancel()
     assert not (seen & _children())
     assert _children() <= before_children
-    leftover = [t for t in threading.enumerate() if t.ident not in before_threads and not t.name.startswith("Trio thread")]
+    leftover = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before_threads and not t.name.startswith("Trio thread")
+    ]
     assert leftover == []
     # The agent can pair again: the slot was released.
     with pytest.raises(PairingError):
         await client.pair(send)
 
 
-async def test_phone_pairing_validates_the_number_and_fails_offline_before_start(backend: NeonizeBackend) -> None:
+async def test_phone_pairing_validates_the_number_and_fails_offline_before_start(
+    backend: NeonizeBackend,
+) -> None:
     """Phone-code pairing refuses a non-international number; offline, start() fails with the reason."""
     client = backend.client("agent-1")
     send, recv = trio.open_memory_channel[ClientEvent](10)

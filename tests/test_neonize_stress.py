@@ -46,7 +46,18 @@ def fake_device(admin_dsn: str, schema: str, device_jid: str) -> None:
                 " adv_account_sig, adv_account_sig_key, adv_device_sig)"
                 " VALUES (%s, 1, %s, %s, %s, 1, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
             ).format(sql.Identifier(schema)),
-            (device_jid, key(32), key(32), key(32), key(64), key(32), b"\x00", key(64), key(32), key(64)),
+            (
+                device_jid,
+                key(32),
+                key(32),
+                key(32),
+                key(64),
+                key(32),
+                b"\x00",
+                key(64),
+                key(32),
+                key(64),
+            ),
         )
 
 

@@ -92,20 +92,35 @@ def message_ev(
     )  # fmt: skip
     if addressing is not None:
         source.AddressingMode = addressing
-    info = MessageInfo(MessageSource=source, ID="3EB0ABC", Pushname=push_name, Timestamp=TS_MS, Type="text")
+    info = MessageInfo(
+        MessageSource=source, ID="3EB0ABC", Pushname=push_name, Timestamp=TS_MS, Type="text"
+    )
     return MessageEv(Info=info, Message=message, IsEdit=is_edit)
 
 
 def test_private_message_by_phone_number() -> None:
     """A private PN-addressed message keeps chat, sender, push name, text and ms timestamp."""
-    ev = message_ev(Message(conversation="hello"), chat=jid(ALICE_PN), sender=jid(ALICE_PN, device=3))
+    ev = message_ev(
+        Message(conversation="hello"), chat=jid(ALICE_PN), sender=jid(ALICE_PN, device=3)
+    )
     out = translate_event(ev)
     assert isinstance(out, MessageReceived)
     msg = out.message
-    assert (msg.id, msg.chat, msg.sender, msg.text) == ("3EB0ABC", f"{ALICE_PN}@s.whatsapp.net", f"{ALICE_PN}@s.whatsapp.net", "hello")
+    assert (msg.id, msg.chat, msg.sender, msg.text) == (
+        "3EB0ABC",
+        f"{ALICE_PN}@s.whatsapp.net",
+        f"{ALICE_PN}@s.whatsapp.net",
+        "hello",
+    )
     assert msg.timestamp_ms == TS_MS
     assert msg.push_name == "Alice"
-    assert not (msg.is_group or msg.is_status_broadcast or msg.is_newsletter or msg.is_from_me or msg.is_edit)
+    assert not (
+        msg.is_group
+        or msg.is_status_broadcast
+        or msg.is_newsletter
+        or msg.is_from_me
+        or msg.is_edit
+    )
     assert msg.sender_lid is None and msg.chat_lid is None
 
 
@@ -135,7 +150,12 @@ def test_own_message_in_a_lid_chat_takes_the_peer_from_recipient_alt() -> None:
 
 def test_lid_sender_without_alternative_keeps_the_lid() -> None:
     """Without SenderAlt, sender stays the LID (resolved later by a connected client)."""
-    ev = message_ev(Message(conversation="x"), chat=jid(GROUP, "g.us"), sender=jid(BOB_LID, "lid"), is_group=True)
+    ev = message_ev(
+        Message(conversation="x"),
+        chat=jid(GROUP, "g.us"),
+        sender=jid(BOB_LID, "lid"),
+        is_group=True,
+    )
     msg = translate_message(ev)
     assert msg.sender == msg.sender_lid == f"{BOB_LID}@lid"
 
@@ -145,7 +165,12 @@ def test_group_message_with_mention_by_phone_number() -> None:
     text = ExtendedTextMessage(
         text=f"@{ME} ping", contextInfo=ContextInfo(mentionedJID=[f"{ME}@s.whatsapp.net"])
     )
-    ev = message_ev(Message(extendedTextMessage=text), chat=jid(GROUP, "g.us"), sender=jid(ALICE_PN), is_group=True)
+    ev = message_ev(
+        Message(extendedTextMessage=text),
+        chat=jid(GROUP, "g.us"),
+        sender=jid(ALICE_PN),
+        is_group=True,
+    )
     msg = translate_message(ev)
     assert msg.is_group and msg.chat == f"{GROUP}@g.us"
     assert msg.text == f"@{ME} ping"
@@ -154,7 +179,9 @@ def test_group_message_with_mention_by_phone_number() -> None:
 
 def test_group_message_with_mention_by_lid() -> None:
     """In a LID group, mentions are LID JIDs and the sender's PN comes from SenderAlt."""
-    text = ExtendedTextMessage(text="@123 hi", contextInfo=ContextInfo(mentionedJID=["123456789@lid"]))
+    text = ExtendedTextMessage(
+        text="@123 hi", contextInfo=ContextInfo(mentionedJID=["123456789@lid"])
+    )
     ev = message_ev(
         Message(extendedTextMessage=text), chat=jid(GROUP, "g.us"), sender=jid(BOB_LID, "lid"),
         sender_alt=jid(BOB_PN), is_group=True, addressing=2,
@@ -166,7 +193,12 @@ def test_group_message_with_mention_by_lid() -> None:
 
 def test_status_broadcast_is_flagged_and_reported_as_group() -> None:
     """status@broadcast is a status broadcast, and (as WhatsApp says) a group."""
-    ev = message_ev(Message(conversation="story"), chat=jid("status", "broadcast"), sender=jid(ALICE_LID, "lid"), is_group=True)
+    ev = message_ev(
+        Message(conversation="story"),
+        chat=jid("status", "broadcast"),
+        sender=jid(ALICE_LID, "lid"),
+        is_group=True,
+    )
     msg = translate_message(ev)
     assert msg.is_status_broadcast and msg.is_group
     assert msg.chat == "status@broadcast"
@@ -174,7 +206,11 @@ def test_status_broadcast_is_flagged_and_reported_as_group() -> None:
 
 def test_newsletter_message_is_flagged() -> None:
     """A channel message is flagged as newsletter."""
-    ev = message_ev(Message(conversation="news"), chat=jid("120363999", "newsletter"), sender=jid("120363999", "newsletter"))
+    ev = message_ev(
+        Message(conversation="news"),
+        chat=jid("120363999", "newsletter"),
+        sender=jid("120363999", "newsletter"),
+    )
     msg = translate_message(ev)
     assert msg.is_newsletter and msg.chat == "120363999@newsletter"
 
@@ -183,17 +219,27 @@ def test_newsletter_message_is_flagged() -> None:
     ("message", "media_type", "media"),
     [
         (
-            Message(imageMessage=ImageMessage(mimetype="image/jpeg", fileLength=1234, caption="look")),
+            Message(
+                imageMessage=ImageMessage(mimetype="image/jpeg", fileLength=1234, caption="look")
+            ),
             "image",
             Media(mimetype="image/jpeg", size=1234, caption="look"),
         ),
         (
-            Message(audioMessage=AudioMessage(mimetype="audio/ogg; codecs=opus", fileLength=99, seconds=7, PTT=True)),
+            Message(
+                audioMessage=AudioMessage(
+                    mimetype="audio/ogg; codecs=opus", fileLength=99, seconds=7, PTT=True
+                )
+            ),
             "audio",
             Media(mimetype="audio/ogg; codecs=opus", size=99, seconds=7, ptt=True),
         ),
         (
-            Message(documentMessage=DocumentMessage(mimetype="application/pdf", fileLength=5, fileName="a.pdf", caption="doc")),
+            Message(
+                documentMessage=DocumentMessage(
+                    mimetype="application/pdf", fileLength=5, fileName="a.pdf", caption="doc"
+                )
+            ),
             "document",
             Media(mimetype="application/pdf", size=5, caption="doc", filename="a.pdf"),
         ),
@@ -204,7 +250,9 @@ def test_newsletter_message_is_flagged() -> None:
         ),
     ],
 )
-def test_media_messages_describe_their_attachment(message: Message, media_type: str, media: Media) -> None:
+def test_media_messages_describe_their_attachment(
+    message: Message, media_type: str, media: Media
+) -> None:
     """Image, voice note, document and video messages carry type and metadata; captions are text."""
     msg = translate_message(message_ev(message, chat=jid(ALICE_PN), sender=jid(ALICE_PN)))
     assert msg.media_type == media_type
@@ -214,19 +262,29 @@ def test_media_messages_describe_their_attachment(message: Message, media_type: 
 
 def test_quoted_reply_carries_the_quoted_message() -> None:
     """A reply has the quoted id, sender and text from contextInfo."""
-    ctx = ContextInfo(stanzaID="QUOTED1", participant=f"{ME}@s.whatsapp.net", quotedMessage=Message(conversation="original"))
+    ctx = ContextInfo(
+        stanzaID="QUOTED1",
+        participant=f"{ME}@s.whatsapp.net",
+        quotedMessage=Message(conversation="original"),
+    )
     ev = message_ev(
         Message(extendedTextMessage=ExtendedTextMessage(text="reply", contextInfo=ctx)),
         chat=jid(ALICE_PN), sender=jid(ALICE_PN),
     )  # fmt: skip
     msg = translate_message(ev)
-    assert (msg.quoted_id, msg.quoted_sender, msg.quoted_text) == ("QUOTED1", f"{ME}@s.whatsapp.net", "original")
+    assert (msg.quoted_id, msg.quoted_sender, msg.quoted_text) == (
+        "QUOTED1",
+        f"{ME}@s.whatsapp.net",
+        "original",
+    )
     assert msg.text == "reply"
 
 
 def test_edited_message_is_flagged() -> None:
     """An edit (already unwrapped by neonize) is flagged ``is_edit`` with the new text."""
-    ev = message_ev(Message(conversation="fixed"), chat=jid(ALICE_PN), sender=jid(ALICE_PN), is_edit=True)
+    ev = message_ev(
+        Message(conversation="fixed"), chat=jid(ALICE_PN), sender=jid(ALICE_PN), is_edit=True
+    )
     msg = translate_message(ev)
     assert msg.is_edit and msg.text == "fixed"
 
@@ -238,7 +296,11 @@ def test_receipt_is_translated_with_millisecond_time() -> None:
         MessageIDs=["A", "B"], Timestamp=1789015800, Type=ReceiptEv.READ,
     )  # fmt: skip
     assert translate_event(ev) == Receipt(
-        f"{ALICE_PN}@s.whatsapp.net", f"{ALICE_PN}@s.whatsapp.net", ("A", "B"), "read", 1789015800000
+        f"{ALICE_PN}@s.whatsapp.net",
+        f"{ALICE_PN}@s.whatsapp.net",
+        ("A", "B"),
+        "read",
+        1789015800000,
     )
 
 
@@ -248,7 +310,11 @@ def test_receipt_is_translated_with_millisecond_time() -> None:
 )
 def test_logged_out_reasons(reason: int | None, expected: str) -> None:
     """Logged-out reasons become lower-case names; an unset reason is "unknown"."""
-    ev = LoggedOutEv(OnConnect=True) if reason is None else LoggedOutEv(OnConnect=False, Reason=reason)
+    ev = (
+        LoggedOutEv(OnConnect=True)
+        if reason is None
+        else LoggedOutEv(OnConnect=False, Reason=reason)
+    )
     out = translate_event(ev)
     assert out == LoggedOut(expected, on_connect=reason is None)
     assert out.terminal
@@ -286,14 +352,23 @@ def test_connection_events() -> None:
 
 def test_pair_status_success_and_error() -> None:
     """A successful pairing yields the device JID with its device number; an error its reason."""
-    ok = PairStatusEv(ID=jid(ME, device=12), Status=PairStatusEv.SUCCESS, Platform="android", BusinessName="")
-    assert translate_event(ok) == Paired(device_jid=f"{ME}:12@s.whatsapp.net", phone=ME, platform="android")
-    assert translate_event(PairStatusEv(Status=PairStatusEv.ERROR, Error="bad")) == PairingFailed("bad")
+    ok = PairStatusEv(
+        ID=jid(ME, device=12), Status=PairStatusEv.SUCCESS, Platform="android", BusinessName=""
+    )
+    assert translate_event(ok) == Paired(
+        device_jid=f"{ME}:12@s.whatsapp.net", phone=ME, platform="android"
+    )
+    assert translate_event(PairStatusEv(Status=PairStatusEv.ERROR, Error="bad")) == PairingFailed(
+        "bad"
+    )
 
 
 def test_jid_strings_round_trip() -> None:
     """JID strings parse into neonize JIDs and back; garbage is InvalidRecipient."""
-    assert jid_to_str(str_to_jid(f"{ME}:12@s.whatsapp.net"), keep_device=True) == f"{ME}:12@s.whatsapp.net"
+    assert (
+        jid_to_str(str_to_jid(f"{ME}:12@s.whatsapp.net"), keep_device=True)
+        == f"{ME}:12@s.whatsapp.net"
+    )
     assert jid_to_str(str_to_jid(f"{ME}:12@s.whatsapp.net")) == f"{ME}@s.whatsapp.net"
     stored = str_to_jid(f"{ME}:12@s.whatsapp.net", device_in_user=True)
     assert (stored.User, stored.Device) == (f"{ME}:12", 0)
@@ -306,19 +381,36 @@ def test_jid_strings_round_trip() -> None:
 def test_text_message_is_plain_unless_quoting_or_mentioning() -> None:
     """Plain text is a conversation; quotes and mentions go into an extended text's contextInfo."""
     assert build.text_message("hi") == Message(conversation="hi")
-    quote = Quote(message_id="Q1", sender=f"{ALICE_PN}@s.whatsapp.net", chat=f"{GROUP}@g.us", text="orig")
+    quote = Quote(
+        message_id="Q1", sender=f"{ALICE_PN}@s.whatsapp.net", chat=f"{GROUP}@g.us", text="orig"
+    )
     msg = build.text_message("@628 hey", quote=quote, mentions=[f"{BOB_PN}@s.whatsapp.net"])
     ctx = msg.extendedTextMessage.contextInfo
     assert msg.extendedTextMessage.text == "@628 hey"
     assert list(ctx.mentionedJID) == [f"{BOB_PN}@s.whatsapp.net"]
-    assert (ctx.stanzaID, ctx.participant, ctx.quotedMessage.conversation) == ("Q1", quote.sender, "orig")
+    assert (ctx.stanzaID, ctx.participant, ctx.quotedMessage.conversation) == (
+        "Q1",
+        quote.sender,
+        "orig",
+    )
 
 
 def test_media_messages_are_built_from_the_upload_without_ffmpeg() -> None:
     """Audio and video messages are hand-built from the upload response (no ffmpeg involved)."""
-    upload = UploadResponse(url="https://mmg/x", DirectPath="/x", MediaKey=b"k", FileEncSHA256=b"e", FileSHA256=b"s", FileLength=42)
+    upload = UploadResponse(
+        url="https://mmg/x",
+        DirectPath="/x",
+        MediaKey=b"k",
+        FileEncSHA256=b"e",
+        FileSHA256=b"s",
+        FileLength=42,
+    )
     voice = build.media_message("audio", upload, mimetype="audio/ogg; codecs=opus", ptt=True)
-    assert voice.audioMessage.PTT and voice.audioMessage.fileLength == 42 and voice.audioMessage.URL == "https://mmg/x"
+    assert (
+        voice.audioMessage.PTT
+        and voice.audioMessage.fileLength == 42
+        and voice.audioMessage.URL == "https://mmg/x"
+    )
     video = build.media_message("video", upload, mimetype="video/mp4", caption="clip")
     assert video.videoMessage.caption == "clip" and video.videoMessage.mimetype == "video/mp4"
     doc = build.media_message("document", upload, mimetype="application/pdf", filename="a.pdf")
@@ -329,7 +421,9 @@ def test_send_result_is_in_milliseconds() -> None:
     """WhatsApp's send time (seconds) becomes ``SendResult.timestamp_ms``."""
     from neonize.proto.Neonize_pb2 import SendResponse
 
-    assert build.send_result(SendResponse(ID="3EB0X", Timestamp=1789015800)) == SendResult("3EB0X", 1789015800000)
+    assert build.send_result(SendResponse(ID="3EB0X", Timestamp=1789015800)) == SendResult(
+        "3EB0X", 1789015800000
+    )
 
 
 def test_neonize_errors_are_mapped_at_the_edge() -> None:

@@ -13,7 +13,9 @@ from gatewayd.nursery.bus import BusEvent, EventBus
 from gatewayd.nursery.ratelimit import TokenBucket
 
 
-async def test_bucket_sends_burst_at_once_then_paces_at_rate(autojump_clock: trio.testing.MockClock) -> None:
+async def test_bucket_sends_burst_at_once_then_paces_at_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """150 sends at 100/min with burst 100: 100 at t=0, then one every 0.6 s, the last at t=30."""
     bucket = TokenBucket(rate_per_minute=100, burst=100)
     times = []

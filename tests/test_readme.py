@@ -37,8 +37,16 @@ PORTS = (3000, 8000, 8001)
 BACKGROUND = re.compile(r"# terminal \d+ \(keeps running, listens on ([\w.]+):(\d+)\)")
 EXPECT = re.compile(r"^# → (\d{3})(?: (.*))?$", re.MULTILINE)
 #: Settings that would change what the examples do if they leaked in from the caller's shell.
-LEAKY = ("PORT", "APP_BASE_URL", "AI_BACKEND_URL", "CORS_ORIGINS", "TEMP_DIR", "WWEBJS_AUTH_DIR",
-         "LOG_LEVEL", "DB_URL")
+LEAKY = (
+    "PORT",
+    "APP_BASE_URL",
+    "AI_BACKEND_URL",
+    "CORS_ORIGINS",
+    "TEMP_DIR",
+    "WWEBJS_AUTH_DIR",
+    "LOG_LEVEL",
+    "DB_URL",
+)
 
 SHIM = """#!/bin/sh
 # tests/test_readme.py: record each call's status and body, print the body as curl would.
@@ -57,7 +65,7 @@ def section_text() -> str:
     assert SECTION + "\n" in text, f"README.md has no {SECTION!r} section"
     start = text.index(SECTION + "\n")
     end = text.find("\n## ", start + len(SECTION))
-    return text[start: end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def bash_blocks() -> list[str]:
@@ -66,9 +74,15 @@ def bash_blocks() -> list[str]:
 
 def matches(expected: Any, actual: Any) -> bool:
     if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(k in actual and matches(v, actual[k]) for k, v in expected.items())
+        return isinstance(actual, dict) and all(
+            k in actual and matches(v, actual[k]) for k, v in expected.items()
+        )
     if isinstance(expected, list):
-        return isinstance(actual, list) and len(actual) == len(expected) and all(map(matches, expected, actual))
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(expected)
+            and all(map(matches, expected, actual))
+        )
     if isinstance(expected, str) and expected.endswith("..."):
         return isinstance(actual, str) and actual.startswith(expected[:-3])
     return type(expected) is type(actual) and expected == actual
@@ -93,7 +107,9 @@ async def wait_for_port(host: str, port: int, server: Daemon, timeout: float = 3
             except OSError:
                 server.process.poll()
                 if server.process.returncode is not None:
-                    raise AssertionError(f"server for port {port} exited:\n" + "\n".join(server.raw[-40:])) from None
+                    raise AssertionError(
+                        f"server for port {port} exited:\n" + "\n".join(server.raw[-40:])
+                    ) from None
                 await trio.sleep(0.1)
             else:
                 await stream.aclose()
@@ -133,11 +149,15 @@ def test_section_holds_the_deployed_services_examples() -> None:
     assert "Bearer API_KEY" in blocks and "api-key" not in blocks
 
 
-async def test_every_example_runs_as_written(pg_dsn: str, tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_every_example_runs_as_written(
+    pg_dsn: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
     """Each bash block of the section runs verbatim against the sim daemon with the documented outcome."""
     assert CURL.exists(), "tests/test_readme.py needs curl at /usr/bin/curl (apt-get install curl)"
     busy = [port for port in PORTS if not port_free(port)]
-    assert not busy, f"port(s) {busy} are in use: the README's examples need 3000, 8000 and 8001 free"
+    assert not busy, (
+        f"port(s) {busy} are in use: the README's examples need 3000, 8000 and 8001 free"
+    )
     blocks = bash_blocks()
     assert blocks and BACKGROUND.match(blocks[0]), "the section starts with the daemon's block"
 
@@ -148,11 +168,15 @@ async def test_every_example_runs_as_written(pg_dsn: str, tmp_path: Path, nurser
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYD_") and k not in LEAKY}
-    env.update({
-        "PATH": os.pathsep.join([str(shim_dir), str(Path(sys.executable).parent), env.get("PATH", "")]),
-        "DB_URL": pg_dsn,
-        "GATEWAYD_LOG_FORMAT": "json",
-    })
+    env.update(
+        {
+            "PATH": os.pathsep.join(
+                [str(shim_dir), str(Path(sys.executable).parent), env.get("PATH", "")]
+            ),
+            "DB_URL": pg_dsn,
+            "GATEWAYD_LOG_FORMAT": "json",
+        }
+    )
 
     servers: list[Daemon] = []
     previews: list[str] = []
@@ -162,8 +186,12 @@ async def test_every_example_runs_as_written(pg_dsn: str, tmp_path: Path, nurser
             background = BACKGROUND.match(block)
             if background:
                 process = await trio.lowlevel.open_process(
-                    ["bash", "-e", "-c", block], cwd=str(work), env=env,
-                    stdout=-1, stderr=-2, start_new_session=True,  # PIPE, STDOUT
+                    ["bash", "-e", "-c", block],
+                    cwd=str(work),
+                    env=env,
+                    stdout=-1,
+                    stderr=-2,
+                    start_new_session=True,  # PIPE, STDOUT
                 )
                 server = Daemon(process)
                 servers.append(server)
@@ -178,25 +206,43 @@ async def test_every_example_runs_as_written(pg_dsn: str, tmp_path: Path, nurser
             record.mkdir()
             with trio.fail_after(30):
                 done = await trio.run_process(
-                    ["bash", "-e", "-c", block], cwd=str(work), env={**env, "README_CURL_RECORD": str(record)},
-                    capture_stdout=True, capture_stderr=True, check=False,
+                    ["bash", "-e", "-c", block],
+                    cwd=str(work),
+                    env={**env, "README_CURL_RECORD": str(record)},
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
                 )
             assert done.returncode == 0, f"{where}\nexit {done.returncode}: {done.stderr.decode()}"
             calls = int((record / "count").read_text()) if (record / "count").exists() else 0
             expectations = EXPECT.findall(block)
-            assert len(expectations) <= calls, f"{where}\n{calls} curl call(s) for {len(expectations)} outcomes"
-            for index, (status, body) in zip(range(calls - len(expectations), calls), expectations, strict=True):
+            assert len(expectations) <= calls, (
+                f"{where}\n{calls} curl call(s) for {len(expectations)} outcomes"
+            )
+            for index, (status, body) in zip(
+                range(calls - len(expectations), calls), expectations, strict=True
+            ):
                 got_status = (record / f"{index}.status").read_text()
                 got_body = (record / f"{index}.body").read_bytes().decode()
-                assert got_status == status, f"{where}\nexpected {status}, got {got_status}: {got_body}"
+                assert got_status == status, (
+                    f"{where}\nexpected {status}, got {got_status}: {got_body}"
+                )
                 if body.startswith(("{", "[")):
                     actual = json.loads(got_body)
-                    assert matches(json.loads(body), actual), f"{where}\nexpected {body}\ngot {got_body}"
-                    preview = actual.get("data", {}).get("previewPath") if isinstance(actual.get("data"), dict) else None
+                    assert matches(json.loads(body), actual), (
+                        f"{where}\nexpected {body}\ngot {got_body}"
+                    )
+                    preview = (
+                        actual.get("data", {}).get("previewPath")
+                        if isinstance(actual.get("data"), dict)
+                        else None
+                    )
                     if preview:
                         previews.append(preview)
                 elif body:
-                    assert body in got_body, f"{where}\nexpected text {body!r} in:\n{got_body[:2000]}"
+                    assert body in got_body, (
+                        f"{where}\nexpected text {body!r} in:\n{got_body[:2000]}"
+                    )
     finally:
         for server in servers:
             stop(server)

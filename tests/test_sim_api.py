@@ -13,7 +13,9 @@ from tests.gateway_fixtures import Running
 
 async def start_agent(running: Running, agent_id: str) -> None:
     gateway = running.gateway
-    await agents_store.create_agent(gateway.db, agent_id=agent_id, name=agent_id, user_id="u1", api_key="k")
+    await agents_store.create_agent(
+        gateway.db, agent_id=agent_id, name=agent_id, user_id="u1", api_key="k"
+    )
     with gateway.bus.subscribe(agent_id) as events:
         await gateway.agents.start(agent_id)
         async for event in events:
@@ -33,16 +35,22 @@ async def test_sim_api_pairs_injects_and_lists_sends(running: Running) -> None:
         async for event in events:
             if event.kind == "status" and event.data["status"] == "connected":
                 break
-        r = await client.post("/_sim/agents/support-bot/inject",
-                              json={"kind": "text", "from": "6281111111111", "text": "halo"})
+        r = await client.post(
+            "/_sim/agents/support-bot/inject",
+            json={"kind": "text", "from": "6281111111111", "text": "halo"},
+        )
         assert r.status_code == 200
         injected = r.json()["data"]
         async for event in events:
             if event.kind == "handled":
                 break
     assert event.data["id"] == injected["id"]
-    await gateway.agents.send("support-bot", Outgoing(to="6281111111111@s.whatsapp.net", text="one"))
-    await gateway.agents.send("support-bot", Outgoing(to="6281111111111@s.whatsapp.net", text="two"))
+    await gateway.agents.send(
+        "support-bot", Outgoing(to="6281111111111@s.whatsapp.net", text="one")
+    )
+    await gateway.agents.send(
+        "support-bot", Outgoing(to="6281111111111@s.whatsapp.net", text="two")
+    )
     sent = (await client.get("/_sim/agents/support-bot/sent")).json()["data"]
     assert [s["text"] for s in sent if s["kind"] == "text"] == ["one", "two"]
     assert sent[0]["at"] <= sent[1]["at"]
@@ -73,24 +81,31 @@ async def test_metrics_report_agents_and_messages(running: Running) -> None:
                 break
     await gateway.agents.send("bot-m", Outgoing(to="6281111111111@s.whatsapp.net", text="yo"))
     text = (await client.get("/metrics")).text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert samples[("gatewayd_agents", (("status", "connected"),))] == 1
     assert samples[("whatsapp_sessions_active", ())] == 1
     assert samples[("whatsapp_messages_sent_total", (("agentId", "bot-m"),))] == 1
     assert samples[("whatsapp_messages_received_total", (("agentId", "bot-m"),))] == 1
     assert samples[("gatewayd_messages_sent_total", (("agent", "bot-m"),))] == 1
     assert samples[("gatewayd_send_queue_depth", (("agent", "bot-m"),))] == 0
-    assert any(name == "gatewayd_agent_restarts_total" or name.startswith("whatsapp_errors")
-               for f in text_string_to_metric_families(text) for name in [f.name])
+    assert any(
+        name == "gatewayd_agent_restarts_total" or name.startswith("whatsapp_errors")
+        for f in text_string_to_metric_families(text)
+        for name in [f.name]
+    )
 
 
 async def test_sim_api_exists_only_in_sim_mode(running: Running) -> None:
     """The app built for neonize mode has no /_sim/ routes."""
 
-
     gateway = running.gateway
-    neonize_view = attrs.evolve(gateway.config, whatsapp=attrs.evolve(gateway.config.whatsapp, mode="neonize"))
+    neonize_view = attrs.evolve(
+        gateway.config, whatsapp=attrs.evolve(gateway.config.whatsapp, mode="neonize")
+    )
     real_config = gateway.config
     gateway.config = neonize_view
     try:
@@ -99,5 +114,6 @@ async def test_sim_api_exists_only_in_sim_mode(running: Running) -> None:
         gateway.config = real_config
     paths = {getattr(route, "path", "") for route in app.routes}
     assert not any(path.startswith("/_sim") for path in paths)
-    assert "/_sim/agents/{agent_id}/scan" in {getattr(r, "path", "") for r in create_app(gateway).routes}
-
+    assert "/_sim/agents/{agent_id}/scan" in {
+        getattr(r, "path", "") for r in create_app(gateway).routes
+    }

@@ -70,7 +70,7 @@ def _sequence(lines: list[tuple[int, int, str]], i: int, indent: int) -> tuple[l
         elif rest == "-" or rest.startswith("- ") or _split_key(rest, number) is not None:
             # "- key: value" or "- - item": a block whose first line is on the dash line.
             inner = indent + 2 + (len(content[2:]) - len(content[2:].lstrip(" ")))
-            patched = [*lines[:i], (number, inner, rest), *lines[i + 1:]]
+            patched = [*lines[:i], (number, inner, rest), *lines[i + 1 :]]
             value, i = _block(patched, i, inner)
         else:
             value, i = _scalar(rest, number), i + 1
@@ -106,11 +106,11 @@ def _split_key(content: str, number: int) -> tuple[str, str] | None:
     if content[0] in "\"'":
         quote = content[0]
         end = content.find(quote, 1)
-        while quote == "'" and end != -1 and content[end + 1: end + 2] == "'":
+        while quote == "'" and end != -1 and content[end + 1 : end + 2] == "'":
             end = content.find(quote, end + 2)
         if end == -1:
             raise YamlSubsetError(f"line {number}: unterminated quote")
-        after = content[end + 1:]
+        after = content[end + 1 :]
         if not (after == ":" or after.startswith(": ")):
             return None
         return str(_scalar(content[: end + 1], number)), after[1:].strip()
@@ -120,12 +120,12 @@ def _split_key(content: str, number: int) -> tuple[str, str] | None:
     if match is None:
         return None
     key = match.group(0).rstrip()[:-1]
-    return key, content[match.end():].strip()
+    return key, content[match.end() :].strip()
 
 
 def _scalar(text: str, number: int) -> Any:
     try:
-        if text[0] in "[{\"":
+        if text[0] in '[{"':
             return json.loads(text)
     except ValueError as exc:
         raise YamlSubsetError(f"line {number}: flow values must be JSON: {exc}") from None
@@ -166,8 +166,11 @@ def render_json(document: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     expected = render_json(load_document())
     if "--check" in argv:
-        stale = [str(t.relative_to(ROOT)) for t in TARGETS
-                 if not t.exists() or t.read_text(encoding="utf-8") != expected]
+        stale = [
+            str(t.relative_to(ROOT))
+            for t in TARGETS
+            if not t.exists() or t.read_text(encoding="utf-8") != expected
+        ]
         for name in stale:
             print(f"{name} is out of date: run python3 tools/openapi_json.py", file=sys.stderr)
         return 1 if stale else 0

@@ -73,7 +73,9 @@ def is_v1(scope: Scope) -> bool:
     return path == "/api/v1" or path.startswith("/api/v1/")
 
 
-def error_body(scope: Scope, code: str, message: str, details: object, trace_id: str) -> dict[str, Any]:
+def error_body(
+    scope: Scope, code: str, message: str, details: object, trace_id: str
+) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if is_v1(scope):
         if details is not None:

@@ -82,7 +82,9 @@ class Errors:
         except Exception as exc:
             status = classify(exc)[0]
             if status >= 500:
-                log.exception("gatewayd.http.unhandled", path=scope.get("path"), method=scope.get("method"))
+                log.exception(
+                    "gatewayd.http.unhandled", path=scope.get("path"), method=scope.get("method")
+                )
             if started:
                 raise
             await error_response(scope, exc)(scope, receive, send)
@@ -185,7 +187,9 @@ class Cors:
                     (b"access-control-allow-headers", self.ALLOW_HEADERS.encode()),
                     (b"access-control-max-age", b"600"),
                 ]
-            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            await send(
+                {"type": "http.response.start", "status": status, "headers": response_headers}
+            )
             await send({"type": "http.response.body", "body": b""})
             return
 

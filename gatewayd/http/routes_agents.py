@@ -36,7 +36,9 @@ def _agent_id(value: Any, key: str = "agentId") -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not _AGENT_ID.fullmatch(value):
-        raise InvalidPayload(f"'{key}' must be 1-128 characters of letters, digits, '_', '-', '.', ':' or '@'")
+        raise InvalidPayload(
+            f"'{key}' must be 1-128 characters of letters, digits, '_', '-', '.', ':' or '@'"
+        )
     return value
 
 
@@ -66,19 +68,25 @@ async def create_session(request: Request) -> Response:
     apikey = body.get("apikey", body.get("apiKey"))
     if apikey is not None and (not isinstance(apikey, str) or not apikey.strip()):
         raise InvalidPayload("'apikey' must be a non-empty string")
-    created = await sessions.create_session(gateway, user_id=user_id, agent_id=agent_id,
-                                            agent_name=name, apikey=apikey)
+    created = await sessions.create_session(
+        gateway, user_id=user_id, agent_id=agent_id, agent_name=name, apikey=apikey
+    )
     record = created.record
     data: dict[str, Any] = {
-        "agentId": record.agent_id, "userId": record.user_id, "agentName": record.name,
+        "agentId": record.agent_id,
+        "userId": record.user_id,
+        "agentName": record.name,
         "status": "connected" if created.already_connected else record.status,
         "endpointUrlRun": record.endpoint_url_run,
     }
     if created.already_connected:
         return ok(data, 200, "Session already connected")
     data["qr"] = await sessions.qr_image(created.qr)
-    return ok(data, 201 if created.created else 200,
-              "Session created: scan the QR" if created.created else "Session reset: scan the QR")
+    return ok(
+        data,
+        201 if created.created else 200,
+        "Session created: scan the QR" if created.created else "Session reset: scan the QR",
+    )
 
 
 async def get_session(request: Request) -> Response:
@@ -100,7 +108,9 @@ async def reconnect_session(request: Request) -> Response:
     sessions.require_admin(gateway, request.headers.get("authorization"))
     agent_id = _agent_id(request.path_params["agent_id"])
     snapshot = await sessions.reconnect_session(gateway, agent_id)
-    return ok({"agentId": agent_id, "status": "awaiting_qr", "qr": await sessions.qr_image(snapshot)})
+    return ok(
+        {"agentId": agent_id, "status": "awaiting_qr", "qr": await sessions.qr_image(snapshot)}
+    )
 
 
 async def session_qr(request: Request) -> Response:
@@ -109,9 +119,20 @@ async def session_qr(request: Request) -> Response:
     agent_id = _agent_id(request.path_params["agent_id"])
     snapshot = await sessions.force_qr(gateway, agent_id)
     if snapshot is None:
-        return ok({"agentId": agent_id, "status": "connected", "qr": None}, message="Session already connected")
-    return ok({"agentId": agent_id, "status": "awaiting_qr", "qr": await sessions.qr_image(snapshot),
-               "expiresIn": round(max(0.0, snapshot.expires_at - snapshot.created_at - snapshot.age()), 1)})
+        return ok(
+            {"agentId": agent_id, "status": "connected", "qr": None},
+            message="Session already connected",
+        )
+    return ok(
+        {
+            "agentId": agent_id,
+            "status": "awaiting_qr",
+            "qr": await sessions.qr_image(snapshot),
+            "expiresIn": round(
+                max(0.0, snapshot.expires_at - snapshot.created_at - snapshot.age()), 1
+            ),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- agents
@@ -127,13 +148,17 @@ async def _authorized(request: Request) -> tuple[Gateway, Any]:
 async def send_message(request: Request) -> Response:
     gateway, record = await _authorized(request)
     body = await read_json(request)
-    return ok(await messaging.send_text(gateway, record, body, _trace(request)), message="Message sent")
+    return ok(
+        await messaging.send_text(gateway, record, body, _trace(request)), message="Message sent"
+    )
 
 
 async def send_media(request: Request) -> Response:
     gateway, record = await _authorized(request)
     body = await read_json(request)
-    return ok(await messaging.send_media(gateway, record, body, _trace(request)), message="Media sent")
+    return ok(
+        await messaging.send_media(gateway, record, body, _trace(request)), message="Media sent"
+    )
 
 
 async def run_agent(request: Request) -> Response:

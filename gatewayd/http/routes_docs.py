@@ -123,31 +123,46 @@ def _security(document: dict[str, Any], operation: dict[str, Any]) -> str:
     return text + (" (optional)" if {} in requirements else "")
 
 
-def _operation(document: dict[str, Any], path: str, method: str, operation: dict[str, Any],
-               path_parameters: list[Any]) -> list[str]:
-    out = [f'<section id="{_anchor(method, path)}">',
-           f'<h3><span class="m {method}">{method.upper()}</span> {html.escape(path)}</h3>']
+def _operation(
+    document: dict[str, Any],
+    path: str,
+    method: str,
+    operation: dict[str, Any],
+    path_parameters: list[Any],
+) -> list[str]:
+    out = [
+        f'<section id="{_anchor(method, path)}">',
+        f'<h3><span class="m {method}">{method.upper()}</span> {html.escape(path)}</h3>',
+    ]
     if operation.get("summary"):
         out.append(f"<p><strong>{_text(operation['summary'])}</strong></p>")
     if operation.get("description"):
         out.append(f"<p>{_text(operation['description'])}</p>")
     out.append(f"<p>Auth: {_security(document, operation)}</p>")
-    parameters = [_resolve(document, p) for p in [*path_parameters, *operation.get("parameters", [])]]
+    parameters = [
+        _resolve(document, p) for p in [*path_parameters, *operation.get("parameters", [])]
+    ]
     if parameters:
         out.append("<table><tr><th>parameter</th><th>in</th><th>description</th></tr>")
         for p in parameters:
-            out.append(f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{html.escape(p['in'])}</td>"
-                       f"<td>{_text(p.get('description', ''))}</td></tr>")
+            out.append(
+                f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{html.escape(p['in'])}</td>"
+                f"<td>{_text(p.get('description', ''))}</td></tr>"
+            )
         out.append("</table>")
     body = _resolve(document, operation.get("requestBody"))
     if body:
         for media_type, content in body.get("content", {}).items():
-            out.append(f"<h4>Request body ({html.escape(media_type)}): {_schema_link(content.get('schema'))}</h4>")
+            out.append(
+                f"<h4>Request body ({html.escape(media_type)}): {_schema_link(content.get('schema'))}</h4>"
+            )
             for name, example in _examples(content):
                 if name:
                     out.append(f"<p>Example <em>{html.escape(name)}</em></p>")
                 out.append(_pre(example))
-    out.append("<h4>Responses</h4><table><tr><th>status</th><th>description</th><th>example</th></tr>")
+    out.append(
+        "<h4>Responses</h4><table><tr><th>status</th><th>description</th><th>example</th></tr>"
+    )
     for status, response in operation.get("responses", {}).items():
         response = _resolve(document, response)
         examples: list[str] = []
@@ -156,10 +171,18 @@ def _operation(document: dict[str, Any], path: str, method: str, operation: dict
             examples.append(f"<p>{html.escape(media_type)} {link}</p>")
             for name, example in _examples(content):
                 label = f"<p><em>{html.escape(name)}</em></p>" if name else ""
-                examples.append(label + (_pre(example) if not isinstance(example, str)
-                                         else f"<pre>{html.escape(example)}</pre>"))
-        out.append(f"<tr><td>{html.escape(str(status))}</td><td>{_text(response.get('description', ''))}</td>"
-                   f"<td>{''.join(examples)}</td></tr>")
+                examples.append(
+                    label
+                    + (
+                        _pre(example)
+                        if not isinstance(example, str)
+                        else f"<pre>{html.escape(example)}</pre>"
+                    )
+                )
+        out.append(
+            f"<tr><td>{html.escape(str(status))}</td><td>{_text(response.get('description', ''))}</td>"
+            f"<td>{''.join(examples)}</td></tr>"
+        )
     out.append("</table></section>")
     return out
 
@@ -170,22 +193,32 @@ def docs_html() -> tuple[str, str]:
     document = openapi_document()
     info = document.get("info", {})
     title = html.escape(str(info.get("title", "API")))
-    out = [f"<h1>{title} <small>{html.escape(str(info.get('version', '')))}</small></h1>",
-           f"<p>{_text(info.get('description', ''))}</p>",
-           '<p>The machine-readable document: <a href="/openapi.json">/openapi.json</a> '
-           f"(OpenAPI {html.escape(str(document.get('openapi', '')))}).</p>"]
+    out = [
+        f"<h1>{title} <small>{html.escape(str(info.get('version', '')))}</small></h1>",
+        f"<p>{_text(info.get('description', ''))}</p>",
+        '<p>The machine-readable document: <a href="/openapi.json">/openapi.json</a> '
+        f"(OpenAPI {html.escape(str(document.get('openapi', '')))}).</p>",
+    ]
     servers = document.get("servers", [])
     if servers:
-        out.append("<p>Servers: " + ", ".join(
-            f"<code>{html.escape(s['url'])}</code> ({_text(s.get('description', ''))})" for s in servers) + "</p>")
+        out.append(
+            "<p>Servers: "
+            + ", ".join(
+                f"<code>{html.escape(s['url'])}</code> ({_text(s.get('description', ''))})"
+                for s in servers
+            )
+            + "</p>"
+        )
     out.append("<nav><ul>")
     operations: list[tuple[str, str, dict[str, Any], list[Any]]] = []
     for path, item in document.get("paths", {}).items():
         for method in METHODS:
             if method in item:
                 operations.append((path, method, item[method], item.get("parameters", [])))
-                out.append(f'<li><a href="#{_anchor(method, path)}">{method.upper()} {html.escape(path)}</a> '
-                           f"— {_text(item[method].get('summary', ''))}</li>")
+                out.append(
+                    f'<li><a href="#{_anchor(method, path)}">{method.upper()} {html.escape(path)}</a> '
+                    f"— {_text(item[method].get('summary', ''))}</li>"
+                )
     out.append("</ul></nav>")
     tags = {t["name"]: t for t in document.get("tags", [])}
     for tag in [*tags, None]:
@@ -193,21 +226,30 @@ def docs_html() -> tuple[str, str]:
         if not selected:
             continue
         if tag is not None:
-            out.append(f"<h2>{html.escape(tag)}</h2><p>{_text(tags[tag].get('description', ''))}</p>")
+            out.append(
+                f"<h2>{html.escape(tag)}</h2><p>{_text(tags[tag].get('description', ''))}</p>"
+            )
         for path, method, operation, path_parameters in selected:
             out.extend(_operation(document, path, method, operation, path_parameters))
     components = document.get("components", {})
     out.append("<h2>Authentication</h2><dl>")
     for name, scheme in components.get("securitySchemes", {}).items():
-        out.append(f"<dt><code>{html.escape(name)}</code>: {html.escape(scheme.get('scheme', scheme['type']))}</dt>"
-                   f"<dd>{_text(scheme.get('description', ''))}</dd>")
+        out.append(
+            f"<dt><code>{html.escape(name)}</code>: {html.escape(scheme.get('scheme', scheme['type']))}</dt>"
+            f"<dd>{_text(scheme.get('description', ''))}</dd>"
+        )
     out.append("</dl><h2>Schemas</h2>")
     for name, schema in components.get("schemas", {}).items():
-        out.append(f'<h3 id="schema-{html.escape(name.lower())}">{html.escape(name)}</h3>{_pre(schema)}')
+        out.append(
+            f'<h3 id="schema-{html.escape(name.lower())}">{html.escape(name)}</h3>{_pre(schema)}'
+        )
     digest = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'sha256-{digest}'; frame-ancestors 'none'"
-    page = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{title}</title><style>{STYLE}</style></head><body>\n"
-            + "\n".join(out) + "\n</body></html>\n")
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(out)
+        + "\n</body></html>\n"
+    )
     return page, csp

@@ -48,7 +48,9 @@ def _strs(body: dict[str, Any], key: str) -> tuple[str, ...]:
 async def qr(request: Request) -> Response:
     sim, agent_id = _sim(request)
     current = sim.current_qr(agent_id)
-    return JSONResponse({"data": None if current is None else {"payload": current.payload, "index": current.index}})
+    return JSONResponse(
+        {"data": None if current is None else {"payload": current.payload, "index": current.index}}
+    )
 
 
 async def scan(request: Request) -> Response:
@@ -56,7 +58,9 @@ async def scan(request: Request) -> Response:
     body = await read_json(request)
     try:
         paired = sim.scan(
-            agent_id, _str(body, "phone") or "", lid=_str(body, "lid", required=False),
+            agent_id,
+            _str(body, "phone") or "",
+            lid=_str(body, "lid", required=False),
             push_name=_str(body, "pushName", required=False),
         )
     except NoQrShowing as exc:
@@ -73,26 +77,43 @@ async def inject(request: Request) -> Response:
     quote = None
     if isinstance(body.get("quote"), dict):
         q = body["quote"]
-        quote = Quote(message_id=_str(q, "id") or "", sender=_str(q, "sender") or "", chat=_str(q, "chat") or "",
-                      text=_str(q, "text", required=False))
+        quote = Quote(
+            message_id=_str(q, "id") or "",
+            sender=_str(q, "sender") or "",
+            chat=_str(q, "chat") or "",
+            text=_str(q, "text", required=False),
+        )
     if kind == "text":
         message = sim.inject_text(
-            agent_id, sender, text or "", group=_str(body, "group", required=False),
-            mentions=_strs(body, "mentions"), quote=quote, push_name=_str(body, "pushName", required=False),
+            agent_id,
+            sender,
+            text or "",
+            group=_str(body, "group", required=False),
+            mentions=_strs(body, "mentions"),
+            quote=quote,
+            push_name=_str(body, "pushName", required=False),
             sender_lid=_str(body, "senderLid", required=False),
             lid_addressing=bool(body.get("lidAddressing", False)),
         )
     elif kind in ("image", "document", "audio", "video"):
         message = sim.inject_media(
-            agent_id, kind, sender, caption=text, group=_str(body, "group", required=False),
-            mentions=_strs(body, "mentions"), quote=quote, push_name=_str(body, "pushName", required=False),
+            agent_id,
+            kind,
+            sender,
+            caption=text,
+            group=_str(body, "group", required=False),
+            mentions=_strs(body, "mentions"),
+            quote=quote,
+            push_name=_str(body, "pushName", required=False),
         )
     elif kind == "status":
         message = sim.inject_status(agent_id, sender, text or "")
     elif kind == "newsletter":
         message = sim.inject_newsletter(agent_id, sender, text or "")
     else:
-        raise InvalidPayload("kind must be text, image, document, audio, video, status or newsletter")
+        raise InvalidPayload(
+            "kind must be text, image, document, audio, video, status or newsletter"
+        )
     return JSONResponse({"data": attrs.asdict(message)})
 
 
@@ -128,7 +149,8 @@ async def contact(request: Request) -> Response:
     assert isinstance(gateway.backend, SimulatedWhatsApp)
     body = await read_json(request)
     pn, lid = gateway.backend.add_contact(
-        _str(body, "phone") or "", lid=_str(body, "lid", required=False),
+        _str(body, "phone") or "",
+        lid=_str(body, "lid", required=False),
         push_name=_str(body, "pushName", required=False),
     )
     return JSONResponse({"data": {"jid": pn, "lid": lid}})

@@ -36,8 +36,8 @@ from gatewayd.store.messages import StoredInbound
 from gatewayd.whatsapp.port import (
     ClientEvent,
     ClientOutdated,
-    ConnectFailed,
     Connected,
+    ConnectFailed,
     Disconnected,
     LoggedOut,
     MessageReceived,
@@ -84,15 +84,28 @@ class AgentHandle:
     restarts: int = 0
 
     @classmethod
-    def create(cls, record: agents_store.AgentRecord, client: WhatsAppClient, *, queue_size: int,
-               rate_per_minute: float, burst: int) -> AgentHandle:
+    def create(
+        cls,
+        record: agents_store.AgentRecord,
+        client: WhatsAppClient,
+        *,
+        queue_size: int,
+        rate_per_minute: float,
+        burst: int,
+    ) -> AgentHandle:
         send, receive = trio.open_memory_channel[SendCommand](queue_size)
         return cls(
-            agent_id=record.agent_id, id=record.id, record=record, client=client, commands=send,
-            commands_receive=receive, bucket=TokenBucket(rate_per_minute, burst),
+            agent_id=record.agent_id,
+            id=record.id,
+            record=record,
+            client=client,
+            commands=send,
+            commands_receive=receive,
+            bucket=TokenBucket(rate_per_minute, burst),
             # Unknown until the tree says otherwise: the persisted status may be stale
             # (a crash, a shutdown), and the first transition must always be written.
-            status="unknown", status_reason=None,
+            status="unknown",
+            status_reason=None,
         )
 
     def queue_depth(self) -> int:
@@ -115,7 +128,9 @@ class AgentTree:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run_forever(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_forever(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """The restart loop: an exception anywhere in the tree restarts it with backoff."""
         handle = self.handle
         # The spawning task may be an HTTP request: drop its traceId, bind our agentId,
@@ -158,7 +173,9 @@ class AgentTree:
             # Messages persisted before a crash or restart but never handled go first.
             age = self.sup.config().agents.redeliver_max_age
             for stored in await messages_store.unhandled_inbound(self.sup.db, handle.id, age):
-                log.info("gatewayd.inbound.redelivered", rowId=stored.row_id, messageId=stored.message.id)
+                log.info(
+                    "gatewayd.inbound.redelivered", rowId=stored.row_id, messageId=stored.message.id
+                )
                 inbound_send.send_nowait(stored)
             inbound_send.close()
             async with events_send:
@@ -174,7 +191,11 @@ class AgentTree:
         cfg = self.sup.config().agents
         # A backend may need a longer schedule (neonize leaks a DB connection per attempt).
         retry_backoff = getattr(self.sup.backend, "retry_backoff", None)
-        backoff = retry_backoff() if retry_backoff is not None else Backoff(cfg.reconnect_initial, cfg.reconnect_max)
+        backoff = (
+            retry_backoff()
+            if retry_backoff is not None
+            else Backoff(cfg.reconnect_initial, cfg.reconnect_max)
+        )
         while True:
             record = handle.record
             if record.device_jid is None:
@@ -208,7 +229,11 @@ class AgentTree:
         handle = self.handle
         lid = paired.lid
         await agents_store.set_device(
-            self.sup.db, handle.id, device_jid=paired.device_jid, phone_number=paired.phone, lid=lid,
+            self.sup.db,
+            handle.id,
+            device_jid=paired.device_jid,
+            phone_number=paired.phone,
+            lid=lid,
             device_info={"pushName": paired.push_name, "platform": paired.platform},
         )
         handle.record = attrs.evolve(
@@ -233,10 +258,14 @@ class AgentTree:
         await agents_store.set_status(self.sup.db, handle.id, status, reason)
         handle.status, handle.status_reason = status, reason
         log.info("gatewayd.agent.status", status=status, previous=previous, reason=reason)
-        self.sup.bus.publish(BusEvent(handle.agent_id, "status", {"status": status, "reason": reason}))
+        self.sup.bus.publish(
+            BusEvent(handle.agent_id, "status", {"status": status, "reason": reason})
+        )
 
     async def _handle_events(
-        self, events: trio.MemoryReceiveChannel[ClientEvent], inbound: trio.MemorySendChannel[StoredInbound]
+        self,
+        events: trio.MemoryReceiveChannel[ClientEvent],
+        inbound: trio.MemorySendChannel[StoredInbound],
     ) -> None:
         handle = self.handle
         async with inbound:
@@ -245,13 +274,23 @@ class AgentTree:
                     await self._on_message(event, inbound)
                 elif isinstance(event, QrCode):
                     snapshot = handle.qr.publish(event)
-                    self.sup.bus.publish(BusEvent(handle.agent_id, "qr", {
-                        "payload": event.payload, "index": event.index, "expiresIn": event.expires_in,
-                        "createdAt": snapshot.created_at,
-                    }))
+                    self.sup.bus.publish(
+                        BusEvent(
+                            handle.agent_id,
+                            "qr",
+                            {
+                                "payload": event.payload,
+                                "index": event.index,
+                                "expiresIn": event.expires_in,
+                                "createdAt": snapshot.created_at,
+                            },
+                        )
+                    )
                 elif isinstance(event, Paired):
                     handle.qr.clear()
-                    self.sup.bus.publish(BusEvent(handle.agent_id, "paired", {"phone": event.phone}))
+                    self.sup.bus.publish(
+                        BusEvent(handle.agent_id, "paired", {"phone": event.phone})
+                    )
                 elif isinstance(event, PairingFailed):
                     handle.qr.clear()
                     await self.set_status("auth_failed", f"pairing_failed:{event.reason}")
@@ -269,16 +308,28 @@ class AgentTree:
                     await self.set_status("disconnected", "stream_replaced")
                 elif isinstance(event, TemporaryBan):
                     handle.connected = False
-                    await self.set_status("disconnected", f"temporary_ban:{event.code}:{int(event.expires_in)}s")
+                    await self.set_status(
+                        "disconnected", f"temporary_ban:{event.code}:{int(event.expires_in)}s"
+                    )
                 elif isinstance(event, ClientOutdated):
                     handle.connected = False
                     await self.set_status("disconnected", "client_outdated")
                 elif isinstance(event, Receipt):
-                    self.sup.bus.publish(BusEvent(handle.agent_id, "receipt", {
-                        "chat": event.chat, "messageIds": list(event.message_ids), "type": event.type,
-                    }))
+                    self.sup.bus.publish(
+                        BusEvent(
+                            handle.agent_id,
+                            "receipt",
+                            {
+                                "chat": event.chat,
+                                "messageIds": list(event.message_ids),
+                                "type": event.type,
+                            },
+                        )
+                    )
 
-    async def _on_message(self, event: MessageReceived, inbound: trio.MemorySendChannel[StoredInbound]) -> None:
+    async def _on_message(
+        self, event: MessageReceived, inbound: trio.MemorySendChannel[StoredInbound]
+    ) -> None:
         # Persist first: whatsmeow already acknowledged this message to WhatsApp, so from
         # here on the database is the only copy that survives a crash.
         handle, message = self.handle, event.message
@@ -288,12 +339,25 @@ class AgentTree:
             return
         self.sup.metrics.messages_received.labels(handle.agent_id).inc()
         self.sup.metrics.wa_messages_received.labels(handle.agent_id).inc()
-        self.sup.bus.publish(BusEvent(handle.agent_id, "message", {
-            "rowId": row_id, "id": message.id, "chat": message.chat, "sender": message.sender,
-            "senderLid": message.sender_lid, "pushName": message.push_name, "text": message.text,
-            "isGroup": message.is_group, "isFromMe": message.is_from_me, "mediaType": message.media_type,
-            "timestampMs": message.timestamp_ms,
-        }))
+        self.sup.bus.publish(
+            BusEvent(
+                handle.agent_id,
+                "message",
+                {
+                    "rowId": row_id,
+                    "id": message.id,
+                    "chat": message.chat,
+                    "sender": message.sender,
+                    "senderLid": message.sender_lid,
+                    "pushName": message.push_name,
+                    "text": message.text,
+                    "isGroup": message.is_group,
+                    "isFromMe": message.is_from_me,
+                    "mediaType": message.media_type,
+                    "timestampMs": message.timestamp_ms,
+                },
+            )
+        )
         await inbound.send(StoredInbound(row_id, message))
 
     # ------------------------------------------------------------------ sending
@@ -330,35 +394,65 @@ class AgentTree:
             result = await client.send_text(m.to, m.text or "", quote=m.quote, mentions=m.mentions)
         elif m.kind == "image":
             assert m.data is not None
-            result = await client.send_image(m.to, m.data, mimetype=m.mimetype or "image/jpeg",
-                                             caption=m.text, filename=m.filename, quote=m.quote)
+            result = await client.send_image(
+                m.to,
+                m.data,
+                mimetype=m.mimetype or "image/jpeg",
+                caption=m.text,
+                filename=m.filename,
+                quote=m.quote,
+            )
         elif m.kind == "document":
             assert m.data is not None
-            result = await client.send_document(m.to, m.data, mimetype=m.mimetype or "application/octet-stream",
-                                                filename=m.filename or "document", caption=m.text, quote=m.quote)
+            result = await client.send_document(
+                m.to,
+                m.data,
+                mimetype=m.mimetype or "application/octet-stream",
+                filename=m.filename or "document",
+                caption=m.text,
+                quote=m.quote,
+            )
         elif m.kind == "audio":
             assert m.data is not None
-            result = await client.send_audio(m.to, m.data, mimetype=m.mimetype or "audio/ogg", ptt=m.ptt,
-                                             quote=m.quote)
+            result = await client.send_audio(
+                m.to, m.data, mimetype=m.mimetype or "audio/ogg", ptt=m.ptt, quote=m.quote
+            )
         else:
             assert m.data is not None
-            result = await client.send_video(m.to, m.data, mimetype=m.mimetype or "video/mp4", caption=m.text,
-                                             quote=m.quote)
+            result = await client.send_video(
+                m.to, m.data, mimetype=m.mimetype or "video/mp4", caption=m.text, quote=m.quote
+            )
         media: dict[str, Any] | None = None
         if m.data is not None:
             media = {"mimetype": m.mimetype, "filename": m.filename, "size": len(m.data)}
         row_id = await messages_store.insert_outbound(
-            self.sup.db, handle.id, chat=m.to, type=m.kind, text=m.text, wa_message_id=result.message_id,
-            timestamp_ms=result.timestamp_ms, quoted_id=m.quote.message_id if m.quote else None,
-            media=media, trace_id=command.trace_id,
+            self.sup.db,
+            handle.id,
+            chat=m.to,
+            type=m.kind,
+            text=m.text,
+            wa_message_id=result.message_id,
+            timestamp_ms=result.timestamp_ms,
+            quoted_id=m.quote.message_id if m.quote else None,
+            media=media,
+            trace_id=command.trace_id,
         )
         self.sup.metrics.messages_sent.labels(handle.agent_id).inc()
         self.sup.metrics.wa_messages_sent.labels(handle.agent_id).inc()
         log.info("gatewayd.send.sent", messageId=result.message_id, kind=m.kind)
-        self.sup.bus.publish(BusEvent(handle.agent_id, "sent", {
-            "id": result.message_id, "to": m.to, "kind": m.kind, "timestampMs": result.timestamp_ms,
-            "sentAt": time.time(),
-        }))
+        self.sup.bus.publish(
+            BusEvent(
+                handle.agent_id,
+                "sent",
+                {
+                    "id": result.message_id,
+                    "to": m.to,
+                    "kind": m.kind,
+                    "timestampMs": result.timestamp_ms,
+                    "sentAt": time.time(),
+                },
+            )
+        )
         return result_of(result, row_id)
 
     # ------------------------------------------------------------------ forwarding
@@ -367,6 +461,14 @@ class AgentTree:
         async for stored in inbound:
             result = await self.sup.forward(self.handle, stored)
             await messages_store.mark_handled(self.sup.db, stored.row_id, result)
-            self.sup.bus.publish(BusEvent(self.handle.agent_id, "handled", {
-                "rowId": stored.row_id, "id": stored.message.id, "outcome": result,
-            }))
+            self.sup.bus.publish(
+                BusEvent(
+                    self.handle.agent_id,
+                    "handled",
+                    {
+                        "rowId": stored.row_id,
+                        "id": stored.message.id,
+                        "outcome": result,
+                    },
+                )
+            )

@@ -58,7 +58,9 @@ class AgentSupervisor:
 
     # ------------------------------------------------------------------ the nursery
 
-    async def run(self, *, restore: bool = True, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, restore: bool = True, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Own the agents nursery; restore paired agents; run until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
@@ -110,14 +112,19 @@ class AgentSupervisor:
             raise AgentStopped("The agents supervisor is not running")
         cfg = self.config().agents
         handle = AgentHandle.create(
-            record, self.backend.client(record.agent_id), queue_size=cfg.queue_size,
-            rate_per_minute=cfg.send_rate_per_minute, burst=cfg.send_burst,
+            record,
+            self.backend.client(record.agent_id),
+            queue_size=cfg.queue_size,
+            rate_per_minute=cfg.send_rate_per_minute,
+            burst=cfg.send_burst,
         )
         self._handles[record.agent_id] = handle
         await self._nursery.start(AgentTree(self, handle).run_forever)
         return handle
 
-    async def stop(self, agent_id: str, *, status: str | None = "stopped", reason: str | None = None) -> None:
+    async def stop(
+        self, agent_id: str, *, status: str | None = "stopped", reason: str | None = None
+    ) -> None:
         """Cancel the agent's tree and wait for it; record ``status`` unless None."""
         handle = self._handles.pop(agent_id, None)
         if handle is not None:
@@ -179,7 +186,9 @@ class AgentSupervisor:
             # Callers check the agent exists; one that is not running is not ready.
             raise SessionNotReady(f"Session {agent_id!r} is not running")
         if not handle.connected:
-            raise SessionNotReady(f"Session {agent_id!r} is not connected (status: {handle.status})")
+            raise SessionNotReady(
+                f"Session {agent_id!r} is not connected (status: {handle.status})"
+            )
         command, reply = new_send(message, trace_id)
         try:
             handle.commands.send_nowait(command)
@@ -199,7 +208,9 @@ class AgentSupervisor:
             async with reply:
                 result = await reply.receive()
             return result.unwrap()
-        raise SendTimeout(f"The message was not sent within {timeout:g} s; it may still go out later")
+        raise SendTimeout(
+            f"The message was not sent within {timeout:g} s; it may still go out later"
+        )
 
     # ------------------------------------------------------------------ reporting
 
@@ -221,6 +232,9 @@ class AgentSupervisor:
 
     def health(self) -> dict[str, Any]:
         counts = self.counts_by_status()
-        return {"status": "up", "agents": counts, "total": sum(counts.values()),
-                "connected": counts.get("connected", 0)}
-
+        return {
+            "status": "up",
+            "agents": counts,
+            "total": sum(counts.values()),
+            "connected": counts.get("connected", 0),
+        }

@@ -52,7 +52,9 @@ class EventBus:
         self.dropped_total = 0
 
     @contextmanager
-    def subscribe(self, agent_id: str | None = None, *, buffer: int | None = None) -> Iterator[Subscription]:
+    def subscribe(
+        self, agent_id: str | None = None, *, buffer: int | None = None
+    ) -> Iterator[Subscription]:
         """Subscribe to one agent's events, or to every agent's with ``None``."""
         send, receive = trio.open_memory_channel[BusEvent](buffer or self.buffer)
         sub = Subscription(agent_id, send, receive)

@@ -58,7 +58,9 @@ async def run_cleanup(
         media, at = config().media, now()
         try:
             removed = await trio.to_thread.run_sync(
-                functools.partial(delete_old_previews, Path(media.temp_dir), older_than=media.preview_ttl, now=at)
+                functools.partial(
+                    delete_old_previews, Path(media.temp_dir), older_than=media.preview_ttl, now=at
+                )
             )
         except OSError as exc:
             log.warning("gatewayd.cleanup.failed", error=str(exc))

@@ -26,7 +26,9 @@ class Outgoing:
     to: str
     kind: SendKind = "text"
     text: str | None = None
-    data: bytes | None = attrs.field(default=None, repr=lambda d: f"<{len(d)} bytes>" if d else "None")
+    data: bytes | None = attrs.field(
+        default=None, repr=lambda d: f"<{len(d)} bytes>" if d else "None"
+    )
     mimetype: str | None = None
     filename: str | None = None
     quote: Quote | None = None

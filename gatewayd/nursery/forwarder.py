@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-def ignore_reason(message: InboundMessage, *, own_jids: set[str], own_phone: str | None) -> str | None:
+def ignore_reason(
+    message: InboundMessage, *, own_jids: set[str], own_phone: str | None
+) -> str | None:
     """Why this message is not forwarded, or None when it is (001 §7)."""
     if message.is_status_broadcast:
         return "status_broadcast"
@@ -91,13 +93,23 @@ class Forwarder:
             session_id=message.chat,
             whatsapp_name=message.push_name,
             chat_name=message.chat if message.is_group else message.push_name,
-            metadata={"from": to_contract_jid(message.sender), "messageId": message.id,
-                      "isGroup": message.is_group, "timestamp": message.timestamp_ms},
+            metadata={
+                "from": to_contract_jid(message.sender),
+                "messageId": message.id,
+                "isGroup": message.is_group,
+                "timestamp": message.timestamp_ms,
+            },
         )
         await self._typing(handle, message.chat, True)
         try:
-            answer = await ai_call(gateway, handle.record, payload, trace_id=trace_id, message_row=stored.row_id,
-                                   count_errors=True)
+            answer = await ai_call(
+                gateway,
+                handle.record,
+                payload,
+                trace_id=trace_id,
+                message_row=stored.row_id,
+                count_errors=True,
+            )
         except GatewayError as exc:
             reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
             log.warning("gatewayd.forward.ai_failed", reason=reason, error=exc.message)
@@ -109,7 +121,9 @@ class Forwarder:
             return "no_reply"
         quote = None
         if message.is_group:
-            quote = Quote(message_id=message.id, sender=message.sender, chat=message.chat, text=message.text)
+            quote = Quote(
+                message_id=message.id, sender=message.sender, chat=message.chat, text=message.text
+            )
         try:
             await gateway.agents.send(
                 handle.agent_id, Outgoing(to=message.chat, text=answer.reply, quote=quote), trace_id
@@ -128,7 +142,9 @@ class Forwarder:
             # Typing is a courtesy: failing to show it never stops the forwarding.
             log.debug("gatewayd.forward.typing_failed", error=exc.message)
 
-    async def _report(self, handle: AgentHandle, message: InboundMessage, reason: str, trace_id: str) -> None:
+    async def _report(
+        self, handle: AgentHandle, message: InboundMessage, reason: str, trace_id: str
+    ) -> None:
         number = self.gateway.config.forwarding.developer_number
         if not number:
             return
@@ -142,7 +158,9 @@ class Forwarder:
             f"timestamp: {datetime.now(UTC).isoformat()}"
         )
         try:
-            to = normalize_recipient(number, default_country_code=self.gateway.config.whatsapp.default_country_code)
+            to = normalize_recipient(
+                number, default_country_code=self.gateway.config.whatsapp.default_country_code
+            )
             await self.gateway.agents.send(handle.agent_id, Outgoing(to=to, text=text), trace_id)
         except GatewayError as exc:
             log.warning("gatewayd.forward.report_failed", error=str(exc))
@@ -157,8 +175,13 @@ def ai_endpoint(gateway: Gateway, record: AgentRecord) -> str | None:
 
 
 async def ai_call(
-    gateway: Gateway, record: AgentRecord, payload: dict[str, Any], *, trace_id: str,
-    message_row: int | None = None, count_errors: bool = False,
+    gateway: Gateway,
+    record: AgentRecord,
+    payload: dict[str, Any],
+    *,
+    trace_id: str,
+    message_row: int | None = None,
+    count_errors: bool = False,
 ) -> AIAnswer:
     """Call the agent's AI endpoint; record the execution and the latency either way.
 
@@ -166,27 +189,50 @@ async def ai_call(
     HTTP callers leave it to the HTTP edge, which counts every error answer once."""
     url = ai_endpoint(gateway, record)
     if url is None:
-        raise BadGateway("No AI endpoint: the agent has no endpoint_url_run and ai.backend_url is not set")
+        raise BadGateway(
+            "No AI endpoint: the agent has no endpoint_url_run and ai.backend_url is not set"
+        )
     begin = trio.current_time()
     try:
-        answer = await call_ai(gateway.http, url, api_key=record.api_key, payload=payload,
-                               timeout=gateway.config.ai.timeout, trace_id=trace_id)
+        answer = await call_ai(
+            gateway.http,
+            url,
+            api_key=record.api_key,
+            payload=payload,
+            timeout=gateway.config.ai.timeout,
+            trace_id=trace_id,
+        )
     except GatewayError as exc:
         duration = trio.current_time() - begin
         gateway.metrics.wa_ai_latency.observe(duration)
-        code = "AI_TIMEOUT" if isinstance(exc, AITimeout) else (
-            "AI_DOWNSTREAM_ERROR" if isinstance(exc, AIDownstreamError) else "BAD_GATEWAY")
+        code = (
+            "AI_TIMEOUT"
+            if isinstance(exc, AITimeout)
+            else ("AI_DOWNSTREAM_ERROR" if isinstance(exc, AIDownstreamError) else "BAD_GATEWAY")
+        )
         if count_errors:
             gateway.metrics.wa_errors.labels(code).inc()
         await record_execution(
-            gateway.db, record.id, request=payload, response=None, duration=duration,
-            status="timeout" if isinstance(exc, AITimeout) else "error", error=exc.message,
-            trace_id=trace_id, message_id=message_row,
+            gateway.db,
+            record.id,
+            request=payload,
+            response=None,
+            duration=duration,
+            status="timeout" if isinstance(exc, AITimeout) else "error",
+            error=exc.message,
+            trace_id=trace_id,
+            message_id=message_row,
         )
         raise
     gateway.metrics.wa_ai_latency.observe(answer.duration)
     await record_execution(
-        gateway.db, record.id, request=payload, response=answer.body, duration=answer.duration,
-        status="success", trace_id=trace_id, message_id=message_row,
+        gateway.db,
+        record.id,
+        request=payload,
+        response=answer.body,
+        duration=answer.duration,
+        status="success",
+        trace_id=trace_id,
+        message_id=message_row,
     )
     return answer

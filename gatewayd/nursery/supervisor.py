@@ -8,6 +8,7 @@ nursery and the HTTP server. systemd hears READY only after all of them started.
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import signal
 import time
@@ -15,8 +16,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import http.cookiejar
 
 import attrs
 import httpx
@@ -44,8 +43,11 @@ log = structlog.get_logger()
 def new_http_client() -> httpx.AsyncClient:
     no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(
-        trust_env=False, cookies=no_cookies, follow_redirects=False,
-        timeout=httpx.Timeout(30.0), headers={"User-Agent": "gatewayd"},
+        trust_env=False,
+        cookies=no_cookies,
+        follow_redirects=False,
+        timeout=httpx.Timeout(30.0),
+        headers={"User-Agent": "gatewayd"},
     )
 
 
@@ -129,7 +131,9 @@ class Gateway:
             self._hypercorn.graceful_timeout = self.config.server.shutdown_grace
 
 
-async def _serve_signals(gateway: Gateway, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _serve_signals(
+    gateway: Gateway, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
@@ -153,11 +157,15 @@ async def open_store(config: Config) -> AsyncIterator[Database]:
         dsn = d.url
         if not dsn:
             data_dir = Path(d.data_dir)
-            server = await stack.enter_async_context(open_embedded_postgres(data_dir, port=d.embedded_port))
+            server = await stack.enter_async_context(
+                open_embedded_postgres(data_dir, port=d.embedded_port)
+            )
             log.info("gatewayd.db.embedded", data_dir=str(data_dir))
             dsn = server.dsn
         yield await stack.enter_async_context(
-            open_database(dsn, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout)
+            open_database(
+                dsn, min_size=d.pool_min, max_size=d.pool_max, connect_timeout=d.connect_timeout
+            )
         )
 
 
@@ -201,22 +209,37 @@ async def run_gateway(
                 bus = EventBus(config.agents.bus_buffer)
                 holder: list[Gateway] = []
                 agents = AgentSupervisor(
-                    db=db, backend=backend, metrics=metrics, bus=bus, config=lambda: holder[0].config,
+                    db=db,
+                    backend=backend,
+                    metrics=metrics,
+                    bus=bus,
+                    config=lambda: holder[0].config,
                 )
                 gateway = Gateway(
-                    config=config, db=db, metrics=metrics, notifier=notifier, backend=backend,
-                    bus=bus, agents=agents, config_path=config_path, environ=environ,
+                    config=config,
+                    db=db,
+                    metrics=metrics,
+                    notifier=notifier,
+                    backend=backend,
+                    bus=bus,
+                    agents=agents,
+                    config_path=config_path,
+                    environ=environ,
                 )
                 holder.append(gateway)
                 agents.forward = Forwarder(gateway)
                 async with gateway.http:
-                    await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
+                    await _run_tasks(
+                        gateway, handle_signals=handle_signals, task_status=task_status
+                    )
     finally:
         notifier.close()
     log.info("gatewayd.stopped")
 
 
-async def _run_tasks(gateway: Gateway, *, handle_signals: bool, task_status: trio.TaskStatus[Gateway]) -> None:
+async def _run_tasks(
+    gateway: Gateway, *, handle_signals: bool, task_status: trio.TaskStatus[Gateway]
+) -> None:
     config = gateway.config
     async with trio.open_nursery() as nursery:
         gateway._nursery = nursery
@@ -225,13 +248,17 @@ async def _run_tasks(gateway: Gateway, *, handle_signals: bool, task_status: tri
         await nursery.start(gateway.notifier.run_watchdog)
         await gateway.notifier.status("starting: agents")
         await nursery.start(gateway.agents.run)
-        await nursery.start(lambda task_status: run_cleanup(lambda: gateway.config, task_status=task_status))
+        await nursery.start(
+            lambda task_status: run_cleanup(lambda: gateway.config, task_status=task_status)
+        )
         app = create_app(gateway)
         hc = hypercorn_config(config.server.host, config.server.port, config.server.shutdown_grace)
         gateway._hypercorn = hc
         http_done = trio.Event()
 
-        async def http_task(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        async def http_task(
+            *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+        ) -> None:
             try:
                 await serve_http(app, hc, gateway.stop_requested.wait, task_status=task_status)
             finally:

@@ -135,7 +135,13 @@ async def set_device(
         conn.execute(
             "UPDATE agents SET device_jid = %s, phone_number = %s, lid = %s, device_info = %s,"
             " updated_at = now() WHERE id = %s",
-            (device_jid, phone_number, lid, Jsonb(device_info) if device_info else None, agent_uuid),
+            (
+                device_jid,
+                phone_number,
+                lid,
+                Jsonb(device_info) if device_info else None,
+                agent_uuid,
+            ),
         )
 
     await db.run(work)

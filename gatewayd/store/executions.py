@@ -26,8 +26,16 @@ async def record_execution(
         row = conn.execute(
             "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status, error,"
             " trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (agent_uuid, message_id, Jsonb(request), Jsonb(response) if response is not None else None,
-             max(0, round(duration * 1000)), status, error, trace_id),
+            (
+                agent_uuid,
+                message_id,
+                Jsonb(request),
+                Jsonb(response) if response is not None else None,
+                max(0, round(duration * 1000)),
+                status,
+                error,
+                trace_id,
+            ),
         ).fetchone()
         assert row is not None
         return int(row[0])

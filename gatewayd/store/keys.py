@@ -43,12 +43,16 @@ async def set_agent_key(db: Database, agent_id: str, key: str) -> bool:
     return await db.run(work)
 
 
-async def add_key(db: Database, table: str, user_id: str, key: str, *, is_active: bool = True) -> None:
+async def add_key(
+    db: Database, table: str, user_id: str, key: str, *, is_active: bool = True
+) -> None:
     """Insert a plaintext key (what the other system does; used by tests and demos)."""
 
     def work(conn: Connection) -> None:
         conn.execute(
-            sql.SQL("INSERT INTO {} (user_id, key, is_active) VALUES (%s, %s, %s)").format(_table(table)),
+            sql.SQL("INSERT INTO {} (user_id, key, is_active) VALUES (%s, %s, %s)").format(
+                _table(table)
+            ),
             (user_id, key, is_active),
         )
 

@@ -45,10 +45,22 @@ async def insert_inbound(
             " VALUES (%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s)"
             " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING RETURNING id",
             (
-                agent_uuid, _type_of(message), message.chat, message.chat_lid, message.sender,
-                message.sender_lid, message.is_group, message.push_name, message.text,
-                message.quoted_id, Jsonb(payload["media"]) if message.media else None, message.id,
-                trace_id, received, Jsonb(payload), list(message.mentioned_jids),
+                agent_uuid,
+                _type_of(message),
+                message.chat,
+                message.chat_lid,
+                message.sender,
+                message.sender_lid,
+                message.is_group,
+                message.push_name,
+                message.text,
+                message.quoted_id,
+                Jsonb(payload["media"]) if message.media else None,
+                message.id,
+                trace_id,
+                received,
+                Jsonb(payload),
+                list(message.mentioned_jids),
             ),
         ).fetchone()
         return None if row is None else int(row[0])
@@ -58,12 +70,16 @@ async def insert_inbound(
 
 async def mark_handled(db: Database, row_id: int, outcome: str) -> None:
     def work(conn: Connection) -> None:
-        conn.execute("UPDATE messages SET handled_at = now(), outcome = %s WHERE id = %s", (outcome, row_id))
+        conn.execute(
+            "UPDATE messages SET handled_at = now(), outcome = %s WHERE id = %s", (outcome, row_id)
+        )
 
     await db.run(work)
 
 
-async def unhandled_inbound(db: Database, agent_uuid: uuid.UUID, max_age: float) -> list[StoredInbound]:
+async def unhandled_inbound(
+    db: Database, agent_uuid: uuid.UUID, max_age: float
+) -> list[StoredInbound]:
     """Inbound messages persisted but not yet handled, younger than ``max_age`` seconds, oldest first."""
 
     def work(conn: Connection) -> list[StoredInbound]:
@@ -73,7 +89,9 @@ async def unhandled_inbound(db: Database, agent_uuid: uuid.UUID, max_age: float)
             " AND created_at > now() - make_interval(secs => %s) ORDER BY created_at, id",
             (agent_uuid, max_age),
         ).fetchall()
-        return [StoredInbound(int(r[0]), _converter.structure(r[1], InboundMessage), r[2]) for r in rows]
+        return [
+            StoredInbound(int(r[0]), _converter.structure(r[1], InboundMessage), r[2]) for r in rows
+        ]
 
     return await db.run(work)
 
@@ -99,8 +117,16 @@ async def insert_outbound(
             " wa_message_id, status, trace_id, sent_at, is_group)"
             " VALUES (%s, 'outbound', %s, %s, %s, %s, %s, %s, 'sent', %s, %s, %s) RETURNING id",
             (
-                agent_uuid, type, chat, text, quoted_id, Jsonb(media) if media else None,
-                wa_message_id, trace_id, sent_at, chat.endswith("@g.us"),
+                agent_uuid,
+                type,
+                chat,
+                text,
+                quoted_id,
+                Jsonb(media) if media else None,
+                wa_message_id,
+                trace_id,
+                sent_at,
+                chat.endswith("@g.us"),
             ),
         ).fetchone()
         assert row is not None
@@ -112,7 +138,8 @@ async def insert_outbound(
 async def count_messages(db: Database, agent_uuid: uuid.UUID, direction: str) -> int:
     def work(conn: Connection) -> int:
         row = conn.execute(
-            "SELECT count(*) FROM messages WHERE agent_id = %s AND direction = %s", (agent_uuid, direction)
+            "SELECT count(*) FROM messages WHERE agent_id = %s AND direction = %s",
+            (agent_uuid, direction),
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -129,7 +156,9 @@ class StoredMessage:
     text: str | None
 
 
-async def find_by_wa_id(db: Database, agent_uuid: uuid.UUID, wa_message_id: str) -> StoredMessage | None:
+async def find_by_wa_id(
+    db: Database, agent_uuid: uuid.UUID, wa_message_id: str
+) -> StoredMessage | None:
     """The newest stored message (either direction) with this WhatsApp id."""
 
     def work(conn: Connection) -> StoredMessage | None:

@@ -39,7 +39,9 @@ _STORE_LIMITER = trio.CapacityLimiter(4)  # psycopg calls on whatsmeow's tables
 class NeonizeBackend:
     """Makes ``NeonizeClient``s and manages whatsmeow's device store."""
 
-    def __init__(self, whatsmeow: store.WhatsmeowStore, *, device_name: str, log_level: str) -> None:
+    def __init__(
+        self, whatsmeow: store.WhatsmeowStore, *, device_name: str, log_level: str
+    ) -> None:
         self.store = whatsmeow
         self.device_name = device_name
         self.log_level = log_level
@@ -85,7 +87,9 @@ class NeonizeBackend:
 
     def pairing_config(self) -> PairingConfig:
         """What the pairing child needs: the store URL and how the device calls itself."""
-        return PairingConfig(url=self.store.url, device_name=self.device_name, log_level=self.log_level)
+        return PairingConfig(
+            url=self.store.url, device_name=self.device_name, log_level=self.log_level
+        )
 
     # ------------------------------------------------------------------ for NeonizeClient
 
@@ -98,7 +102,9 @@ class NeonizeBackend:
         await trio.lowlevel.checkpoint()
         from neonize.client import NewClient
 
-        nc = NewClient(self.store.url, jid=str_to_jid(device_jid, device_in_user=True), props=self._props)
+        nc = NewClient(
+            self.store.url, jid=str_to_jid(device_jid, device_in_user=True), props=self._props
+        )
         # Collecting an old NewClient would Stop(uuid), i.e. the *new* session of this device.
         nc._stop_finalizer.detach()
         return nc
@@ -110,7 +116,9 @@ class NeonizeBackend:
         if self._closing:
             raise WhatsAppError("the neonize backend is closed")
         if device_jid in self._running:
-            raise WhatsAppError(f"device {device_jid!r} is already running", details={"device": device_jid})
+            raise WhatsAppError(
+                f"device {device_jid!r} is already running", details={"device": device_jid}
+            )
         self._running[device_jid] = session
         self._idle = trio.Event()
         try:
@@ -159,13 +167,19 @@ async def open_neonize_backend(
     configure_neonize_logging(log_level)
     whatsmeow = await trio.to_thread.run_sync(
         partial(
-            store.prepare_store, dsn, schema=schema, embedded=embedded,
+            store.prepare_store,
+            dsn,
+            schema=schema,
+            embedded=embedded,
             idle_session_timeout=idle_session_timeout,
-        ), limiter=_STORE_LIMITER
+        ),
+        limiter=_STORE_LIMITER,
     )
     await _upgrade_schema(whatsmeow)
     backend = NeonizeBackend(whatsmeow, device_name=device_name, log_level=log_level)
-    log.info("gatewayd.whatsapp.neonize.ready", schema=schema, role=whatsmeow.role, embedded=embedded)
+    log.info(
+        "gatewayd.whatsapp.neonize.ready", schema=schema, role=whatsmeow.role, embedded=embedded
+    )
     try:
         yield backend
     finally:
@@ -183,8 +197,9 @@ async def _upgrade_schema(whatsmeow: store.WhatsmeowStore) -> None:
         try:
             ClientFactory.get_all_devices_from_db(whatsmeow.url)
         except ValueError as exc:
-            raise StoreUnavailable("whatsmeow could not open its store", details={"schema": whatsmeow.schema}) from exc
+            raise StoreUnavailable(
+                "whatsmeow could not open its store", details={"schema": whatsmeow.schema}
+            ) from exc
 
     async with GATE.exclusive():
         await trio.to_thread.run_sync(upgrade, limiter=FFI_LIMITER)
-

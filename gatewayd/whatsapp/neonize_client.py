@@ -31,7 +31,14 @@ from gatewayd.whatsapp.neonize_session import REGISTER_TIMEOUT as REGISTER_TIMEO
 from gatewayd.whatsapp.neonize_session import STOP_WAIT as STOP_WAIT
 from gatewayd.whatsapp.neonize_session import _Session as _Session
 from gatewayd.whatsapp.neonize_translate import LID_SERVER, empty_jid, jid_to_str, str_to_jid
-from gatewayd.whatsapp.port import ClientEvent, ConnectionEnd, LoggedOut, Paired, Quote, SendResult
+from gatewayd.whatsapp.port import (
+    ConnectionEnd,
+    EventSink,
+    LoggedOut,
+    Paired,
+    Quote,
+    SendResult,
+)
 
 if TYPE_CHECKING:
     from gatewayd.whatsapp.neonize_backend import NeonizeBackend
@@ -66,7 +73,7 @@ class NeonizeClient:
 
     async def pair(
         self,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> Paired:
@@ -80,7 +87,7 @@ class NeonizeClient:
     async def pair_phone(
         self,
         phone: str,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> Paired:
@@ -116,7 +123,7 @@ class NeonizeClient:
     async def run(
         self,
         device_jid: str,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> ConnectionEnd:
@@ -171,7 +178,9 @@ class NeonizeClient:
         response = await self._call(lambda nc: nc.send_message(jid, message))
         return build.send_result(response)
 
-    async def _send_media(self, kind: build.SendKind, to: str, data: bytes, **fields: Any) -> SendResult:
+    async def _send_media(
+        self, kind: build.SendKind, to: str, data: bytes, **fields: Any
+    ) -> SendResult:
         jid = str_to_jid(to)
         media_type = build.upload_media_type(kind)
         if kind == "image":
@@ -196,7 +205,9 @@ class NeonizeClient:
         quote: Quote | None = None,
     ) -> SendResult:
         """Send an image (uploaded from bytes, with a JPEG preview when Pillow can make one)."""
-        return await self._send_media("image", to, data, mimetype=mimetype, caption=caption, quote=quote)
+        return await self._send_media(
+            "image", to, data, mimetype=mimetype, caption=caption, quote=quote
+        )
 
     async def send_document(
         self,
@@ -229,7 +240,9 @@ class NeonizeClient:
         quote: Quote | None = None,
     ) -> SendResult:
         """Send a video; needs no ffmpeg (no thumbnail and no duration without it)."""
-        return await self._send_media("video", to, data, mimetype=mimetype, caption=caption, quote=quote)
+        return await self._send_media(
+            "video", to, data, mimetype=mimetype, caption=caption, quote=quote
+        )
 
     async def set_typing(self, chat: str, on: bool) -> None:
         """Show or clear "typing…" in ``chat``."""
@@ -250,7 +263,9 @@ class NeonizeClient:
         sender_jid = str_to_jid(sender) if sender else empty_jid()
         ids = list(message_ids)
         await self._call(
-            lambda nc: nc.mark_read(*ids, chat=chat_jid, sender=sender_jid, receipt=ReceiptType.READ)
+            lambda nc: nc.mark_read(
+                *ids, chat=chat_jid, sender=sender_jid, receipt=ReceiptType.READ
+            )
         )
 
     async def pn_for_lid(self, lid: str) -> str | None:

@@ -112,7 +112,9 @@ def map_exceptions() -> Iterator[None]:
     except FileNotFoundError as exc:
         # neonize shells out to ffmpeg/ffprobe for some media; the adapter avoids those paths,
         # but should one be reached the daemon must not crash.
-        raise WhatsAppError(f"missing tool: {exc.filename}", details={"missing": exc.filename}) from exc
+        raise WhatsAppError(
+            f"missing tool: {exc.filename}", details={"missing": exc.filename}
+        ) from exc
 
 
 def neonize_threads() -> list[threading.Thread]:

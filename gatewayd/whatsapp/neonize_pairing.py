@@ -29,7 +29,13 @@ import attrs
 import structlog
 import trio
 
-from gatewayd.whatsapp.port import ClientEvent, Paired, PairingError, PairingFailed, QrCode
+from gatewayd.whatsapp.port import (
+    EventSink,
+    Paired,
+    PairingError,
+    PairingFailed,
+    QrCode,
+)
 
 log = structlog.get_logger()
 
@@ -63,7 +69,7 @@ def child_environment() -> dict[str, str]:
 
 async def pair_in_child(
     config: PairingConfig,
-    events: trio.MemorySendChannel[ClientEvent],
+    events: EventSink,
     *,
     phone: str | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
@@ -89,7 +95,9 @@ async def pair_in_child(
             async for message in lines:
                 kind = message.get("type")
                 if kind == "qr":
-                    qr = QrCode(str(message["payload"]), int(message["index"]), float(message["expires_in"]))
+                    qr = QrCode(
+                        str(message["payload"]), int(message["index"]), float(message["expires_in"])
+                    )
                     if not started and phone is None:
                         started = True
                         task_status.started()  # scannable from here on
@@ -152,8 +160,10 @@ async def _json_lines(stream: trio.abc.ReceiveStream) -> Any:
             try:
                 message = json.loads(line)
             except ValueError:
-                log.info("gatewayd.whatsapp.pairing.child_output", line=line[:200].decode(errors="replace"))
+                log.info(
+                    "gatewayd.whatsapp.pairing.child_output",
+                    line=line[:200].decode(errors="replace"),
+                )
                 continue
             if isinstance(message, dict):
                 yield message
-

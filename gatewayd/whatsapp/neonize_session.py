@@ -33,6 +33,7 @@ from gatewayd.whatsapp.port import (
     ConnectFailed,
     ConnectionEnd,
     Disconnected,
+    EventSink,
     LoggedOut,
     MessageReceived,
     Paired,
@@ -61,7 +62,7 @@ class _Session:
         backend: NeonizeBackend,
         agent_id: str,
         device_jid: str,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
     ) -> None:
         self.backend = backend
         self.agent_id = agent_id
@@ -137,7 +138,9 @@ class _Session:
     async def _session_thread(self) -> None:
         # abandon_on_cancel: a session stuck where Stop cannot reach it (NEONIZE.md §1) must
         # not hold up shutdown; its thread finishes (or not) on its own.
-        await trio.to_thread.run_sync(self._connect_blocking, abandon_on_cancel=True, limiter=SESSION_LIMITER)
+        await trio.to_thread.run_sync(
+            self._connect_blocking, abandon_on_cancel=True, limiter=SESSION_LIMITER
+        )
 
     def _connect_blocking(self) -> None:
         error: BaseException | None = None
@@ -156,7 +159,11 @@ class _Session:
             reason = f"connect failed: {error}" if error is not None else "session ended"
             self.end = Disconnected(reason)
             if error is not None:
-                log.info("gatewayd.whatsapp.neonize.connect_failed", agentId=self.agent_id, error=str(error))
+                log.info(
+                    "gatewayd.whatsapp.neonize.connect_failed",
+                    agentId=self.agent_id,
+                    error=str(error),
+                )
         self.ended.set()
 
     async def _shutdown(self) -> None:
@@ -198,7 +205,9 @@ class _Session:
         try:
             await self.events.send(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.warning("gatewayd.whatsapp.neonize.event_dropped", agentId=self.agent_id, kind=event.kind)
+            log.warning(
+                "gatewayd.whatsapp.neonize.event_dropped", agentId=self.agent_id, kind=event.kind
+            )
 
     # -------------------------------------------------------------- callbacks
 
@@ -280,9 +289,15 @@ class _Session:
             return
         if event is None or self.end is not None:
             if event is None:
-                log.info("gatewayd.whatsapp.neonize.event", agentId=self.agent_id, type=type(raw).__name__)
+                log.info(
+                    "gatewayd.whatsapp.neonize.event",
+                    agentId=self.agent_id,
+                    type=type(raw).__name__,
+                )
             return
-        is_end = isinstance(raw, ConnectFailureEv) or (event.terminal and not isinstance(event, Paired))
+        is_end = isinstance(raw, ConnectFailureEv) or (
+            event.terminal and not isinstance(event, Paired)
+        )
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:

@@ -99,15 +99,23 @@ def prepare_store(
     ``NeonizeBackend`` (one sequential upgrade: parallel first connects race and fail).
     """
     with map_store_exceptions():
-        params = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None}
+        params = {
+            k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None
+        }
         with psycopg.connect(dsn, autocommit=True) as conn:
             if not embedded:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                )
                 _check_idle_timeout(conn, params.get("user", ""))
-                return WhatsmeowStore(dsn, neonize_url(params, schema=schema), schema, params.get("user", ""))
+                return WhatsmeowStore(
+                    dsn, neonize_url(params, schema=schema), schema, params.get("user", "")
+                )
             role = f"{params.get('user', 'gatewayd')}_whatsmeow"
             password = _neonize_role_password(params.get("password", ""))
-            _ensure_role(conn, role, password, params.get("dbname", ""), schema, idle_session_timeout)
+            _ensure_role(
+                conn, role, password, params.get("dbname", ""), schema, idle_session_timeout
+            )
     return WhatsmeowStore(
         dsn, neonize_url(params | {"user": role, "password": password}, schema=schema), schema, role
     )
@@ -126,14 +134,16 @@ def _ensure_role(
             pass  # another process on the cluster created it just now
     conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident, sql.Literal(password)))
     conn.execute(
-        sql.SQL("ALTER ROLE {} SET idle_session_timeout = {}").format(
-            ident, sql.Literal(idle)
-        )
+        sql.SQL("ALTER ROLE {} SET idle_session_timeout = {}").format(ident, sql.Literal(idle))
     )
     if dbname:
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname), ident))
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname), ident)
+        )
     conn.execute(
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(sql.Identifier(schema), ident)
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+            sql.Identifier(schema), ident
+        )
     )
     conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), ident))
 
@@ -176,7 +186,9 @@ def delete_device(admin_dsn: str, schema: str, device_jid: str) -> bool:
         if not _has_device_table(conn, schema):
             return False
         cur = conn.execute(
-            sql.SQL("DELETE FROM {}.whatsmeow_device WHERE jid = %s").format(sql.Identifier(schema)),
+            sql.SQL("DELETE FROM {}.whatsmeow_device WHERE jid = %s").format(
+                sql.Identifier(schema)
+            ),
             (device_jid,),
         )
         return cur.rowcount > 0

@@ -234,7 +234,9 @@ def translate_receipt(ev: Any) -> Receipt:
     src = ev.MessageSource
     chat = jid_to_str(src.Chat) or ""
     sender = jid_to_str(src.Sender) or chat
-    return Receipt(chat, sender, tuple(ev.MessageIDs), _enum_name(ev, "Type", "delivered"), _ms(ev.Timestamp))
+    return Receipt(
+        chat, sender, tuple(ev.MessageIDs), _enum_name(ev, "Type", "delivered"), _ms(ev.Timestamp)
+    )
 
 
 def translate_logged_out(ev: Any) -> LoggedOut:

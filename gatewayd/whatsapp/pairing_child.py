@@ -69,7 +69,9 @@ def main() -> None:
     except (ValueError, KeyError):
         reporter.finish({"type": "failed", "reason": "bad pairing configuration"}, EXIT_ERROR)
         return
-    threading.Thread(target=_watch_parent, args=(reporter,), daemon=True, name="parent-watch").start()
+    threading.Thread(
+        target=_watch_parent, args=(reporter,), daemon=True, name="parent-watch"
+    ).start()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     try:
         _pair(reporter, url, config)
@@ -78,7 +80,11 @@ def main() -> None:
 
 
 def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
-    from gatewayd.whatsapp.neonize_env import configure_neonize_logging, device_props, import_neonize
+    from gatewayd.whatsapp.neonize_env import (
+        configure_neonize_logging,
+        device_props,
+        import_neonize,
+    )
 
     client_module = import_neonize()
     configure_neonize_logging(str(config.get("log_level") or "warning"))
@@ -103,7 +109,9 @@ def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
         index = reporter.qr_count
         reporter.qr_count += 1
         lifetime = QR_LIFETIMES[min(index, len(QR_LIFETIMES) - 1)]
-        reporter.emit({"type": "qr", "payload": data.decode(), "index": index, "expires_in": lifetime})
+        reporter.emit(
+            {"type": "qr", "payload": data.decode(), "index": index, "expires_in": lifetime}
+        )
         if index == 0 and phone:
             # PairPhone needs the websocket up, i.e. after the first QR, from another thread.
             threading.Thread(target=pair_phone, daemon=True, name="pair-phone").start()
@@ -132,7 +140,9 @@ def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
             )  # fmt: skip
             paired_event.set()
         else:
-            reporter.finish({"type": "failed", "reason": getattr(outcome, "reason", "error")}, EXIT_FAILED)
+            reporter.finish(
+                {"type": "failed", "reason": getattr(outcome, "reason", "error")}, EXIT_FAILED
+            )
 
     def on_connected(_nc: Any, _event: Any) -> None:
         connected.set()

@@ -263,6 +263,22 @@ class ConnectFailed(WhatsAppError):
 # --------------------------------------------------------------------------- protocols
 
 
+class EventSink(Protocol):
+    """Where a client pushes its events (a ``trio.MemorySendChannel`` is one).
+
+    ``send`` returns once the daemon has taken responsibility for the event: for a
+    ``MessageReceived`` that means the message is committed to the database. A client calls
+    it from the path that delivers the event and acknowledges the event to its server only
+    after it returned, so an event is never acknowledged and then lost (docs/durability.md).
+    ``send`` may wait for a long time (the database is down): that wait is the back-pressure
+    that holds events on the WhatsApp side.
+    """
+
+    async def send(self, value: ClientEvent) -> None:
+        """Hand over one event; returns when the daemon is responsible for it."""
+        ...
+
+
 class WhatsAppClient(Protocol):
     """One account's WhatsApp client.
 
@@ -279,7 +295,7 @@ class WhatsAppClient(Protocol):
 
     async def pair(
         self,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> Paired:
@@ -295,7 +311,7 @@ class WhatsAppClient(Protocol):
     async def run(
         self,
         device_jid: str,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> ConnectionEnd:

@@ -22,6 +22,7 @@ from gatewayd.whatsapp.port import (
     ConnectFailed,
     ConnectionEnd,
     Disconnected,
+    EventSink,
     LoggedOut,
     MessageReceived,
     Paired,
@@ -129,7 +130,7 @@ class SimulatedClient:
 
     async def pair(
         self,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> Paired:
@@ -166,7 +167,7 @@ class SimulatedClient:
     async def run(
         self,
         device_jid: str,
-        events: trio.MemorySendChannel[ClientEvent],
+        events: EventSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> ConnectionEnd:
@@ -337,7 +338,9 @@ class SimulatedClient:
         quote: Quote | None = None,
     ) -> SendResult:
         """Send a video."""
-        return await self._send_media("video", to, data, mimetype=mimetype, text=caption, quote=quote)
+        return await self._send_media(
+            "video", to, data, mimetype=mimetype, text=caption, quote=quote
+        )
 
     async def _send_media(self, kind: SentKind, to: str, data: bytes, **fields: Any) -> SendResult:
         """Record one media send; ``fields`` are SentRecord fields (text is the caption)."""
