@@ -147,6 +147,10 @@ class AgentsConfig:
     restart_max: float = attrs.field(default=60.0, metadata=_live())
     #: Unhandled inbound messages younger than this are handed to the forwarder again at start.
     redeliver_max_age: float = attrs.field(default=3600.0, metadata=_live())
+    #: A reply the AI produced waits this long for the agent to be connected, then expires.
+    reply_max_age: float = attrs.field(default=3600.0, metadata=_live())
+    #: Times a message is handed to the forwarder (restarts included) before it is quarantined.
+    forward_max_attempts: int = attrs.field(default=3, metadata=_live())
     #: Events buffered per bus subscriber before a slow one is dropped.
     bus_buffer: int = attrs.field(default=256, metadata=_restart())
 
@@ -310,6 +314,10 @@ def _check_values(config: Config) -> Iterator[str]:
         yield "agents.reconnect_initial/reconnect_max: expected 0 < initial <= max"
     if a.restart_initial <= 0 or a.restart_max < a.restart_initial:
         yield "agents.restart_initial/restart_max: expected 0 < initial <= max"
+    if a.reply_max_age <= 0:
+        yield f"agents.reply_max_age: expected > 0, got {a.reply_max_age}"
+    if a.forward_max_attempts < 1:
+        yield f"agents.forward_max_attempts: expected >= 1, got {a.forward_max_attempts}"
     if not re.fullmatch(r"[1-9][0-9]{0,3}", config.whatsapp.default_country_code):
         yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
 

@@ -16,6 +16,7 @@ codes and error bodies in one table.
     ├── NotFound                     no such route or resource (404)
     │   └── SessionNotFound          no such agent (404)
     ├── SessionNotReady              the agent is not connected (409)
+    ├── IdempotencyConflict          a send with that Idempotency-Key is open or unknown (409)
     ├── RateLimited                  the agent's send queue is full (429)
     ├── AgentStopped                 the agent's task tree is gone (503)
     ├── SendTimeout                  a queued send did not go out in time (504)
@@ -87,6 +88,10 @@ class SessionNotFound(NotFound):
 
 class SessionNotReady(GatewayError):
     """Session is not connected."""
+
+
+class IdempotencyConflict(GatewayError):
+    """A send with this Idempotency-Key is still in progress, or its outcome is unknown."""
 
 
 class RateLimited(GatewayError):

@@ -145,11 +145,11 @@ async def test_a_crashing_tree_restarts_while_another_agent_keeps_sending(world:
     """An exception in one agent's tree restarts only that agent, counted, with backoff."""
     crashes = 0
 
-    async def crashing_forward(handle: AgentHandle, stored: StoredInbound) -> str:
+    async def crashing_forward(handle: AgentHandle, stored: StoredInbound) -> Any:
         nonlocal crashes
         if handle.agent_id == "fragile" and crashes < 2:
             crashes += 1
-            raise RuntimeError("forwarder bug")
+            return object()  # a forwarder bug: neither an outcome nor a reply
         return "recorded"
 
     sup = await world.start_supervisor(forward=crashing_forward)
@@ -178,6 +178,39 @@ async def test_a_crashing_tree_restarts_while_another_agent_keeps_sending(world:
     assert [r.text for r in world.sim.sent("steady")] == [f"m{i}" for i in range(5)]
     assert fragile.connected  # reconnected after the restarts
     assert sup.get("steady") is not None and sup.get("steady").restarts == 0  # type: ignore[union-attr]
+
+
+async def test_a_message_the_forwarder_chokes_on_is_quarantined_and_the_agent_moves_on(
+    world: World,
+) -> None:
+    """A forwarder exception quarantines that message with its reason; no restart, next one handled."""
+
+    async def choking_forward(handle: AgentHandle, stored: StoredInbound) -> str:
+        if stored.message.text == "poison":
+            raise ValueError("cannot handle this one")
+        return "recorded"
+
+    await world.start_supervisor(forward=choking_forward)
+    agent = await world.paired_agent("picky", "628123450003")
+    with world.bus.subscribe("picky") as events:
+        world.sim.inject_text("picky", CUSTOMER, "poison")
+        world.sim.inject_text("picky", CUSTOMER, "fine")
+        first = await wait_for(events, lambda e: e.kind == "handled")
+        second = await wait_for(events, lambda e: e.kind == "handled")
+    assert first.data["outcome"] == "quarantined:ValueError while forwarding"
+    assert second.data["outcome"] == "recorded"
+    assert agent.restarts == 0
+
+    def rows(conn: Any) -> list[tuple[Any, ...]]:
+        return conn.execute(
+            "SELECT text, status, outcome, error FROM messages WHERE direction = 'inbound' ORDER BY id"
+        ).fetchall()
+
+    assert await world.db.run(rows) == [
+        ("poison", "quarantined", "quarantined:ValueError while forwarding",
+         "ValueError while forwarding"),
+        ("fine", "received", "recorded", None),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -313,20 +346,24 @@ async def test_the_501st_queued_send_is_refused_at_once(world: World) -> None:
     await world.new_agent("idle")
     await sup.start("idle")
     with pytest.raises(SessionNotReady):
-        sup.submit("idle", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="x"))
+        await sup.send("idle", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="x"))
     await world.paired_agent("bot-a", "628123450001")
     first = await sup.send(
         "bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="first")
     )  # the burst token
     assert first.message_id
-    replies = [
-        sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}"))
-        for i in range(500)
-    ]
-    assert sup.get("bot-a").queue_depth() == 500  # type: ignore[union-attr]
-    with pytest.raises(RateLimited):
-        sup.submit("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="one too many"))
-    assert len(replies) == 500
+    handle = sup.get("bot-a")
+    assert handle is not None
+    async with trio.open_nursery() as nursery:
+        for i in range(500):
+            message = Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}")
+            nursery.start_soon(sup.send, "bot-a", message)
+        with trio.fail_after(60):
+            while handle.queue_depth() < 500:  # each send writes its row, then queues
+                await trio.sleep(0.01)
+        with pytest.raises(RateLimited):
+            await sup.send("bot-a", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="one too many"))
+        nursery.cancel_scope.cancel()
 
 
 async def test_sends_are_recorded_with_their_trace_id(world: World) -> None:

@@ -373,14 +373,20 @@ async def test_not_connected_is_409_and_full_queue_is_429_at_once(running: Runni
     await gateway.agents.send(
         "support-bot", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text="burst")
     )
-    for i in range(500):
-        gateway.agents.submit(
-            "support-bot", Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}")
-        )
-    with trio.fail_after(5):  # "at once": no waiting for the bucket
-        r = await running.client.post(
-            "/agents/support-bot/messages", json={"to": CUSTOMER, "message": "x"}, headers=auth()
-        )
+    async with trio.open_nursery() as nursery:
+        for i in range(500):
+            message = Outgoing(to=f"{CUSTOMER}@s.whatsapp.net", text=f"q{i}")
+            nursery.start_soon(gateway.agents.send, "support-bot", message)
+        with trio.fail_after(60):
+            while handle.queue_depth() < 500:  # each send writes its row, then queues
+                await trio.sleep(0.01)
+        with trio.fail_after(5):  # "at once": no waiting for the bucket
+            r = await running.client.post(
+                "/agents/support-bot/messages",
+                json={"to": CUSTOMER, "message": "x"},
+                headers=auth(),
+            )
+        nursery.cancel_scope.cancel()
     assert r.status_code == 429 and r.json()["error"]["code"] == "RATE_LIMITED"
     assert (
         'whatsapp_errors_total{code="RATE_LIMITED"} 1.0'

@@ -4,9 +4,18 @@
 
     agent "support-bot"  (its own cancel scope; restarted with backoff if it raises)
       ├── client loop    pair (QR) or connect; reconnect with backoff; stop on terminal events
-      ├── event handler  status transitions, QR state, inbound persisted *then* published
-      ├── send worker    token bucket → FIFO command channel → WhatsApp → messages table
+      ├── event handler  status transitions, QR state
+      ├── send worker    token bucket → FIFO command channel → WhatsApp (API sends)
+      ├── outbox         queued rows (AI replies, reports) → WhatsApp, once connected
       └── forwarder      inbound consumer (persisted rows, re-handed after a restart)
+
+Received messages do not pass through the tree's channels: the client hands them to the
+daemon's inbound writer, which commits them before the client's callback returns and then
+gives the stored row to whichever tree of the agent is running (``AgentHandle.inbound``).
+So nothing unpersisted ever waits in a channel here, and a tree restart loses nothing.
+
+Every send is a row before it goes out (gatewayd/store/outbound.py): ``sending`` is written
+before WhatsApp gets it and ``sent`` after, so a crash in between leaves ``unknown``.
 
 The handle outlives its tree: the command channel, the token bucket and the QR state
 survive a restart, so a crash never loses what callers queued.
@@ -18,27 +27,31 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import attrs
 import outcome
 import structlog
 import trio
 
-from gatewayd.errors import AgentStopped, GatewayError, NotConnected
+from gatewayd.errors import AgentStopped, GatewayError, NotConnected, StoreError, StoreUnavailable
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.nursery.bus import BusEvent
-from gatewayd.nursery.commands import SendCommand, Sent, result_of
+from gatewayd.nursery.commands import Outgoing, SendCommand, Sent, result_of
 from gatewayd.nursery.ratelimit import TokenBucket
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
+from gatewayd.store import outbound as outbound_store
 from gatewayd.store.messages import StoredInbound
+from gatewayd.store.retry import wait_for_database
 from gatewayd.whatsapp.port import (
     ClientEvent,
     ClientOutdated,
     Connected,
     ConnectFailed,
     Disconnected,
+    EventSink,
     LoggedOut,
     MessageReceived,
     Paired,
@@ -58,8 +71,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-#: What the forwarder does with one persisted inbound message; returns its outcome.
-Forward = Callable[["AgentHandle", StoredInbound], Awaitable[str]]
+#: What the forwarder decides for one persisted inbound message: its final outcome, or a
+#: reply to queue (the message is handled once the reply went out or definitively failed).
+Forward = Callable[["AgentHandle", StoredInbound], Awaitable["str | Outgoing"]]
 
 
 @attrs.define(eq=False)
@@ -77,6 +91,13 @@ class AgentHandle:
     status: str = "disconnected"
     status_reason: str | None = None
     connected: bool = False
+    #: Set while connected (what the outbox waits for).
+    online: trio.Event = attrs.field(factory=trio.Event)
+    #: Set when a row is queued for the outbox.
+    outbox_wake: trio.Event = attrs.field(factory=trio.Event)
+    #: Where the inbound writer hands this agent's newly stored messages (the running tree's
+    #: forwarder); None between trees — those rows are picked up by the next tree's scan.
+    inbound: trio.MemorySendChannel[StoredInbound] | None = None
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
     #: Set by the client loop when the connection ended for good (terminal event).
@@ -110,6 +131,13 @@ class AgentHandle:
 
     def queue_depth(self) -> int:
         return self.commands.statistics().current_buffer_used
+
+    def set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if connected:
+            self.online.set()
+        elif self.online.is_set():
+            self.online = trio.Event()
 
 
 def _answer(command: SendCommand, result: outcome.Outcome[Sent]) -> None:
@@ -157,36 +185,47 @@ class AgentTree:
                     await trio.sleep(backoff.next())
                     log.info("gatewayd.agent.restarting", restarts=handle.restarts)
         finally:
-            handle.connected = False
+            handle.set_connected(False)
             handle.done.set()
             log.info("gatewayd.agent.stopped")
 
     async def _run_tree(self) -> None:
-        handle = self.handle
+        handle, db = self.handle, self.sup.db
         handle.terminal = False
         events_send, events_receive = trio.open_memory_channel[ClientEvent](64)
         inbound_send, inbound_receive = trio.open_memory_channel[StoredInbound](math.inf)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._handle_events, events_receive, inbound_send.clone())
-            nursery.start_soon(self._send_worker)
-            nursery.start_soon(self._forwarder, inbound_receive)
-            # Messages persisted before a crash or restart but never handled go first.
-            age = self.sup.config().agents.redeliver_max_age
-            for stored in await messages_store.unhandled_inbound(self.sup.db, handle.id, age):
-                log.info(
-                    "gatewayd.inbound.redelivered", rowId=stored.row_id, messageId=stored.message.id
-                )
-                inbound_send.send_nowait(stored)
-            inbound_send.close()
-            async with events_send:
-                await self._client_loop(events_send)
-            # The connection ended for good: the tree stays up so queued sends are
-            # answered and the forwarder finishes; the operator decides what is next.
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._handle_events, events_receive)
+                nursery.start_soon(self._send_worker)
+                nursery.start_soon(self._outbox)
+                nursery.start_soon(self._forwarder, inbound_receive)
+                # From here on newly stored messages come to this tree; those stored before
+                # (a crash, a restart, a tree that died) are read back. A row may arrive both
+                # ways: the forwarder skips what it has seen.
+                handle.inbound = inbound_send
+                age = self.sup.config().agents.redeliver_max_age
+                for stored in await wait_for_database(
+                    db, lambda: messages_store.unhandled_inbound(db, handle.id, age)
+                ):
+                    log.info(
+                        "gatewayd.inbound.redelivered",
+                        rowId=stored.row_id,
+                        messageId=stored.message.id,
+                    )
+                    inbound_send.send_nowait(stored)
+                async with events_send:
+                    await self._client_loop(_Sink(self, events_send))
+                # The connection ended for good: the tree stays up so queued sends are
+                # answered and the forwarder finishes; the operator decides what is next.
+                await trio.sleep_forever()
+        finally:
+            if handle.inbound is inbound_send:
+                handle.inbound = None
 
     # ------------------------------------------------------------------ client loop
 
-    async def _client_loop(self, events: trio.MemorySendChannel[ClientEvent]) -> None:
+    async def _client_loop(self, events: EventSink) -> None:
         handle = self.handle
         cfg = self.sup.config().agents
         # A backend may need a longer schedule (neonize leaks a DB connection per attempt).
@@ -228,13 +267,17 @@ class AgentTree:
     async def _store_device(self, paired: Paired) -> None:
         handle = self.handle
         lid = paired.lid
-        await agents_store.set_device(
-            self.sup.db,
-            handle.id,
-            device_jid=paired.device_jid,
-            phone_number=paired.phone,
-            lid=lid,
-            device_info={"pushName": paired.push_name, "platform": paired.platform},
+        db = self.sup.db
+        await wait_for_database(
+            db,
+            lambda: agents_store.set_device(
+                db,
+                handle.id,
+                device_jid=paired.device_jid,
+                phone_number=paired.phone,
+                lid=lid,
+                device_info={"pushName": paired.push_name, "platform": paired.platform},
+            ),
         )
         handle.record = attrs.evolve(
             handle.record, device_jid=paired.device_jid, phone_number=paired.phone, lid=lid
@@ -244,7 +287,8 @@ class AgentTree:
     async def _forget_device(self, device_jid: str) -> None:
         handle = self.handle
         await self.sup.backend.forget_device(device_jid)
-        await agents_store.set_device(self.sup.db, handle.id, device_jid=None)
+        db = self.sup.db
+        await wait_for_database(db, lambda: agents_store.set_device(db, handle.id, device_jid=None))
         handle.record = attrs.evolve(handle.record, device_jid=None)
 
     # ------------------------------------------------------------------ events
@@ -255,110 +299,58 @@ class AgentTree:
         if (status, reason) == (handle.status, handle.status_reason):
             return
         previous = handle.status
-        await agents_store.set_status(self.sup.db, handle.id, status, reason)
+        db = self.sup.db
+        # A status change waits out a database outage (the client's events wait behind it).
+        await wait_for_database(db, lambda: agents_store.set_status(db, handle.id, status, reason))
         handle.status, handle.status_reason = status, reason
         log.info("gatewayd.agent.status", status=status, previous=previous, reason=reason)
         self.sup.bus.publish(
             BusEvent(handle.agent_id, "status", {"status": status, "reason": reason})
         )
 
-    async def _handle_events(
-        self,
-        events: trio.MemoryReceiveChannel[ClientEvent],
-        inbound: trio.MemorySendChannel[StoredInbound],
-    ) -> None:
+    async def _handle_events(self, events: trio.MemoryReceiveChannel[ClientEvent]) -> None:
         handle = self.handle
-        async with inbound:
-            async for event in events:
-                if isinstance(event, MessageReceived):
-                    await self._on_message(event, inbound)
-                elif isinstance(event, QrCode):
-                    snapshot = handle.qr.publish(event)
-                    self.sup.bus.publish(
-                        BusEvent(
-                            handle.agent_id,
-                            "qr",
-                            {
-                                "payload": event.payload,
-                                "index": event.index,
-                                "expiresIn": event.expires_in,
-                                "createdAt": snapshot.created_at,
-                            },
-                        )
+        async for event in events:
+            if isinstance(event, QrCode):
+                snapshot = handle.qr.publish(event)
+                self.sup.bus.publish(
+                    BusEvent(
+                        handle.agent_id,
+                        "qr",
+                        {
+                            "payload": event.payload,
+                            "index": event.index,
+                            "expiresIn": event.expires_in,
+                            "createdAt": snapshot.created_at,
+                        },
                     )
-                elif isinstance(event, Paired):
-                    handle.qr.clear()
-                    self.sup.bus.publish(
-                        BusEvent(handle.agent_id, "paired", {"phone": event.phone})
+                )
+            elif isinstance(event, Paired):
+                handle.qr.clear()
+                self.sup.bus.publish(BusEvent(handle.agent_id, "paired", {"phone": event.phone}))
+            elif isinstance(event, PairingFailed):
+                handle.qr.clear()
+                await self.set_status("auth_failed", f"pairing_failed:{event.reason}")
+            elif isinstance(event, Connected):
+                handle.set_connected(True)
+                await self.set_status("connected", None)
+            elif isinstance(event, Receipt):
+                self.sup.bus.publish(
+                    BusEvent(
+                        handle.agent_id,
+                        "receipt",
+                        {
+                            "chat": event.chat,
+                            "messageIds": list(event.message_ids),
+                            "type": event.type,
+                        },
                     )
-                elif isinstance(event, PairingFailed):
-                    handle.qr.clear()
-                    await self.set_status("auth_failed", f"pairing_failed:{event.reason}")
-                elif isinstance(event, Connected):
-                    handle.connected = True
-                    await self.set_status("connected", None)
-                elif isinstance(event, Disconnected):
-                    handle.connected = False
-                    await self.set_status("disconnected", event.reason)
-                elif isinstance(event, LoggedOut):
-                    handle.connected = False
-                    await self.set_status("auth_failed", f"logged_out:{event.reason}")
-                elif isinstance(event, StreamReplaced):
-                    handle.connected = False
-                    await self.set_status("disconnected", "stream_replaced")
-                elif isinstance(event, TemporaryBan):
-                    handle.connected = False
-                    await self.set_status(
-                        "disconnected", f"temporary_ban:{event.code}:{int(event.expires_in)}s"
-                    )
-                elif isinstance(event, ClientOutdated):
-                    handle.connected = False
-                    await self.set_status("disconnected", "client_outdated")
-                elif isinstance(event, Receipt):
-                    self.sup.bus.publish(
-                        BusEvent(
-                            handle.agent_id,
-                            "receipt",
-                            {
-                                "chat": event.chat,
-                                "messageIds": list(event.message_ids),
-                                "type": event.type,
-                            },
-                        )
-                    )
-
-    async def _on_message(
-        self, event: MessageReceived, inbound: trio.MemorySendChannel[StoredInbound]
-    ) -> None:
-        # Persist first: whatsmeow already acknowledged this message to WhatsApp, so from
-        # here on the database is the only copy that survives a crash.
-        handle, message = self.handle, event.message
-        row_id = await messages_store.insert_inbound(self.sup.db, handle.id, message)
-        if row_id is None:
-            log.info("gatewayd.inbound.duplicate", messageId=message.id)
-            return
-        self.sup.metrics.messages_received.labels(handle.agent_id).inc()
-        self.sup.metrics.wa_messages_received.labels(handle.agent_id).inc()
-        self.sup.bus.publish(
-            BusEvent(
-                handle.agent_id,
-                "message",
-                {
-                    "rowId": row_id,
-                    "id": message.id,
-                    "chat": message.chat,
-                    "sender": message.sender,
-                    "senderLid": message.sender_lid,
-                    "pushName": message.push_name,
-                    "text": message.text,
-                    "isGroup": message.is_group,
-                    "isFromMe": message.is_from_me,
-                    "mediaType": message.media_type,
-                    "timestampMs": message.timestamp_ms,
-                },
-            )
-        )
-        await inbound.send(StoredInbound(row_id, message))
+                )
+            elif isinstance(event, MessageReceived):
+                pass  # never routed here: see _Sink
+            else:
+                handle.set_connected(False)
+                await self.set_status(*_ended_status(event))
 
     # ------------------------------------------------------------------ sending
 
@@ -372,7 +364,9 @@ class AgentTree:
             answered = False
             try:
                 with structlog.contextvars.bound_contextvars(traceId=command.trace_id):
-                    result = await self._send(command)
+                    result = await self._deliver(
+                        command.row_id, command.message, command.trace_id, resumable=False
+                    )
                 _answer(command, outcome.Value(result))
                 answered = True
             except GatewayError as exc:
@@ -384,58 +378,102 @@ class AgentTree:
                     # Cancelled or crashed mid-send: the caller must not wait forever.
                     _answer(command, outcome.Error(AgentStopped("The agent stopped while sending")))
 
-    async def _send(self, command: SendCommand) -> Sent:
-        handle, m = self.handle, command.message
+    async def _outbox(self) -> None:
+        """Send the agent's queued rows (AI replies, reports) whenever it is connected."""
+        handle, db = self.handle, self.sup.db
+        while True:
+            await handle.online.wait()
+            wake = handle.outbox_wake = trio.Event()  # before reading: no wake-up is missed
+            rows = await wait_for_database(db, lambda: outbound_store.queued(db, handle.id, 50))
+            if not rows:
+                await wake.wait()
+                continue
+            for row in rows:
+                if not handle.connected:
+                    break
+                await self._send_queued(row)
+
+    async def _send_queued(self, row: outbound_store.OutboundRow) -> None:
+        handle, db = self.handle, self.sup.db
+        max_age = self.sup.config().agents.reply_max_age
+        age = (datetime.now(UTC) - row.created_at).total_seconds()
+        with structlog.contextvars.bound_contextvars(traceId=row.trace_id):
+            if age > max_age:
+                log.warning("gatewayd.send.expired", rowId=row.row_id, age=round(age))
+                error = f"not sent: the agent was not connected within {max_age:g} s"
+                await wait_for_database(
+                    db, lambda: outbound_store.finish(db, row.row_id, "expired", error)
+                )
+                self._publish_handled(row.reply_to, "reply_expired")
+                return
+            await handle.bucket.take()
+            try:
+                await self._deliver(row.row_id, row.message, row.trace_id, resumable=True)
+            except NotConnected:
+                return  # queued again; sent after the next Connected
+            except StoreUnavailable:
+                await self.sup.db.wait_available()
+                return
+            except GatewayError as exc:
+                log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
+                self._publish_handled(row.reply_to, "reply_failed")
+                return
+            self._publish_handled(row.reply_to, "replied")
+
+    def _publish_handled(self, inbound_row: int | None, result: str) -> None:
+        if inbound_row is not None:
+            self.sup.bus.publish(
+                BusEvent(self.handle.agent_id, "handled", {"rowId": inbound_row, "outcome": result})
+            )
+
+    async def _deliver(
+        self, row_id: int, m: Outgoing, trace_id: str | None, *, resumable: bool
+    ) -> Sent:
+        """Send the message of an open row: ``sending`` first, ``sent`` after.
+
+        NotConnected means WhatsApp never had it: a resumable row is queued again, an API
+        send fails. Any other error from WhatsApp ends the row ``failed``. Cancelled (or
+        crashed) while WhatsApp may have it: ``unknown``, never sent again.
+        """
+        handle, db = self.handle, self.sup.db
         if not handle.connected:
             raise NotConnected("The WhatsApp session is not connected")
-        client = handle.client
-        result: SendResult
-        if m.kind == "text":
-            result = await client.send_text(m.to, m.text or "", quote=m.quote, mentions=m.mentions)
-        elif m.kind == "image":
-            assert m.data is not None
-            result = await client.send_image(
-                m.to,
-                m.data,
-                mimetype=m.mimetype or "image/jpeg",
-                caption=m.text,
-                filename=m.filename,
-                quote=m.quote,
+        if not await outbound_store.mark_sending(db, row_id):
+            raise AgentStopped("The send was cancelled before it went out")
+        try:
+            result = await self._client_send(m)
+        except NotConnected as exc:
+            reason = exc.message
+            if resumable:
+                await wait_for_database(db, lambda: outbound_store.requeue(db, row_id))
+            else:
+                await wait_for_database(db, lambda: outbound_store.release_key(db, row_id, reason))
+            raise
+        except GatewayError as exc:
+            reason = exc.message
+            failure = {"error": {"type": type(exc).__name__, "message": reason}}
+            await wait_for_database(
+                db, lambda: outbound_store.finish(db, row_id, "failed", reason, failure)
             )
-        elif m.kind == "document":
-            assert m.data is not None
-            result = await client.send_document(
-                m.to,
-                m.data,
-                mimetype=m.mimetype or "application/octet-stream",
-                filename=m.filename or "document",
-                caption=m.text,
-                quote=m.quote,
-            )
-        elif m.kind == "audio":
-            assert m.data is not None
-            result = await client.send_audio(
-                m.to, m.data, mimetype=m.mimetype or "audio/ogg", ptt=m.ptt, quote=m.quote
-            )
-        else:
-            assert m.data is not None
-            result = await client.send_video(
-                m.to, m.data, mimetype=m.mimetype or "video/mp4", caption=m.text, quote=m.quote
-            )
-        media: dict[str, Any] | None = None
-        if m.data is not None:
-            media = {"mimetype": m.mimetype, "filename": m.filename, "size": len(m.data)}
-        row_id = await messages_store.insert_outbound(
-            self.sup.db,
-            handle.id,
-            chat=m.to,
-            type=m.kind,
-            text=m.text,
-            wa_message_id=result.message_id,
-            timestamp_ms=result.timestamp_ms,
-            quoted_id=m.quote.message_id if m.quote else None,
-            media=media,
-            trace_id=command.trace_id,
+            raise
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                try:
+                    await outbound_store.finish(db, row_id, "unknown", "interrupted while sending")
+                except StoreError:
+                    pass  # still "sending": the next start records it as unknown
+            raise
+        sent = result_of(result, row_id)
+        answer = {"messageId": sent.message_id, "timestampMs": sent.timestamp_ms}
+        await wait_for_database(
+            db,
+            lambda: outbound_store.mark_sent(
+                db,
+                row_id,
+                wa_message_id=result.message_id,
+                timestamp_ms=result.timestamp_ms,
+                result=answer,
+            ),
         )
         self.sup.metrics.messages_sent.labels(handle.agent_id).inc()
         self.sup.metrics.wa_messages_sent.labels(handle.agent_id).inc()
@@ -453,22 +491,115 @@ class AgentTree:
                 },
             )
         )
-        return result_of(result, row_id)
+        return sent
+
+    async def _client_send(self, m: Outgoing) -> SendResult:
+        client = self.handle.client
+        if m.kind == "text":
+            return await client.send_text(m.to, m.text or "", quote=m.quote, mentions=m.mentions)
+        assert m.data is not None
+        if m.kind == "image":
+            return await client.send_image(
+                m.to,
+                m.data,
+                mimetype=m.mimetype or "image/jpeg",
+                caption=m.text,
+                filename=m.filename,
+                quote=m.quote,
+            )
+        if m.kind == "document":
+            return await client.send_document(
+                m.to,
+                m.data,
+                mimetype=m.mimetype or "application/octet-stream",
+                filename=m.filename or "document",
+                caption=m.text,
+                quote=m.quote,
+            )
+        if m.kind == "audio":
+            return await client.send_audio(
+                m.to, m.data, mimetype=m.mimetype or "audio/ogg", ptt=m.ptt, quote=m.quote
+            )
+        return await client.send_video(
+            m.to, m.data, mimetype=m.mimetype or "video/mp4", caption=m.text, quote=m.quote
+        )
 
     # ------------------------------------------------------------------ forwarding
 
     async def _forwarder(self, inbound: trio.MemoryReceiveChannel[StoredInbound]) -> None:
+        seen: set[int] = set()
         async for stored in inbound:
-            result = await self.sup.forward(self.handle, stored)
-            await messages_store.mark_handled(self.sup.db, stored.row_id, result)
-            self.sup.bus.publish(
-                BusEvent(
-                    self.handle.agent_id,
-                    "handled",
-                    {
-                        "rowId": stored.row_id,
-                        "id": stored.message.id,
-                        "outcome": result,
-                    },
-                )
-            )
+            if stored.row_id in seen:
+                continue  # arrived both from the scan and from the writer
+            seen.add(stored.row_id)
+            with structlog.contextvars.bound_contextvars(messageId=stored.message.id):
+                await self._forward_one(stored)
+
+    async def _forward_one(self, stored: StoredInbound) -> None:
+        handle, db = self.handle, self.sup.db
+        row = stored.row_id
+        attempts = await wait_for_database(db, lambda: messages_store.begin_attempt(db, row))
+        limit = self.sup.config().agents.forward_max_attempts
+        if attempts > limit:
+            await self._quarantine(stored, f"not handled after {limit} attempts")
+            return
+        while True:
+            try:
+                decision = await self.sup.forward(handle, stored)
+                break
+            except StoreUnavailable:
+                await db.wait_available()  # transient: take it up again once the database is back
+            except Exception as exc:
+                # A bug or a message nothing can process: park it with its reason, move on.
+                log.exception("gatewayd.forward.crashed")
+                await self._quarantine(stored, f"{type(exc).__name__} while forwarding")
+                return
+        if isinstance(decision, str):
+            await wait_for_database(db, lambda: messages_store.mark_handled(db, row, decision))
+            self._publish_handled(row, decision)
+            return
+        await wait_for_database(
+            db,
+            lambda: outbound_store.queue_reply(
+                db, handle.id, row, decision, trace_id=stored.trace_id
+            ),
+        )
+        handle.outbox_wake.set()
+
+    async def _quarantine(self, stored: StoredInbound, reason: str) -> None:
+        db = self.sup.db
+        log.error("gatewayd.inbound.quarantined", rowId=stored.row_id, reason=reason)
+        await wait_for_database(db, lambda: messages_store.quarantine(db, stored.row_id, reason))
+        self._publish_handled(stored.row_id, f"quarantined:{reason}")
+
+
+class _Sink:
+    """The ``EventSink`` a tree gives its client: received messages are committed by the
+    inbound writer before ``send`` returns; every other event goes to the event handler."""
+
+    def __init__(self, tree: AgentTree, events: trio.MemorySendChannel[ClientEvent]) -> None:
+        self._tree = tree
+        self._events = events
+
+    async def send(self, value: ClientEvent) -> None:
+        if isinstance(value, MessageReceived):
+            row_id = await self._tree.sup.inbound.persist(self._tree.handle.id, value.message)
+            if row_id is None:
+                log.info("gatewayd.inbound.duplicate", messageId=value.message.id)
+            return
+        await self._events.send(value)
+
+
+def _ended_status(event: ClientEvent) -> tuple[str, str | None]:
+    """The persisted status (and reason) after a connection-ending event."""
+    if isinstance(event, Disconnected):
+        return "disconnected", event.reason
+    if isinstance(event, LoggedOut):
+        return "auth_failed", f"logged_out:{event.reason}"
+    if isinstance(event, StreamReplaced):
+        return "disconnected", "stream_replaced"
+    if isinstance(event, TemporaryBan):
+        return "disconnected", f"temporary_ban:{event.code}:{int(event.expires_in)}s"
+    if isinstance(event, ClientOutdated):
+        return "disconnected", "client_outdated"
+    raise AssertionError(f"unexpected event {event!r}")

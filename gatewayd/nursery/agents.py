@@ -7,29 +7,40 @@ restored. HTTP never touches a client: it submits commands through ``submit``/``
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import outcome
 import structlog
 import trio
 
+from gatewayd import errors
 from gatewayd.config import Config
-from gatewayd.errors import AgentStopped, RateLimited, SendTimeout, SessionNotFound, SessionNotReady
+from gatewayd.errors import (
+    AgentStopped,
+    IdempotencyConflict,
+    RateLimited,
+    SendTimeout,
+    SessionNotFound,
+    SessionNotReady,
+)
 from gatewayd.metrics import Metrics
 from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward
-from gatewayd.nursery.bus import EventBus
+from gatewayd.nursery.bus import BusEvent, EventBus
 from gatewayd.nursery.commands import Outgoing, Sent, new_send
+from gatewayd.nursery.inbound import InboundWriter
 from gatewayd.store import agents as agents_store
+from gatewayd.store import outbound as outbound_store
 from gatewayd.store.db import Database
 from gatewayd.store.messages import StoredInbound
+from gatewayd.store.retry import wait_for_database
 from gatewayd.whatsapp.port import WhatsAppBackend
 
 log = structlog.get_logger()
 
 
-async def record_only(handle: AgentHandle, stored: StoredInbound) -> str:
+async def record_only(handle: AgentHandle, stored: StoredInbound) -> str | Outgoing:
     """The forwarder of a daemon with nowhere to forward to: the message is recorded."""
     return "recorded"
 
@@ -52,7 +63,10 @@ class AgentSupervisor:
         self.config = config
         self.forward = forward
         self._handles: dict[str, AgentHandle] = {}
+        self._by_uuid: dict[uuid.UUID, AgentHandle] = {}
         self._nursery: trio.Nursery | None = None
+        #: Commits every received message before its client's callback returns.
+        self.inbound = InboundWriter(db, self._stored)
         #: Set once ``run`` has fully finished, shutdown bookkeeping included.
         self.finished = trio.Event()
 
@@ -64,7 +78,14 @@ class AgentSupervisor:
         """Own the agents nursery; restore paired agents; run until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.inbound.run)
                 self._nursery = nursery
+                # Sends a dead process left behind: "sending" is unknown, "pending" failed.
+                reconciled = await wait_for_database(
+                    self.db, lambda: outbound_store.reconcile(self.db)
+                )
+                if any(reconciled.values()):
+                    log.warning("gatewayd.send.reconciled", **reconciled)
                 if restore:
                     restored = await self.restore()
                     log.info("gatewayd.agents.restored", count=restored)
@@ -74,6 +95,7 @@ class AgentSupervisor:
             self._nursery = None
             ids = [h.id for h in self._handles.values()]
             self._handles.clear()
+            self._by_uuid.clear()
             if ids:
                 # Shutdown is not the phone's doing: record it, in one statement.
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -119,6 +141,7 @@ class AgentSupervisor:
             burst=cfg.send_burst,
         )
         self._handles[record.agent_id] = handle
+        self._by_uuid[record.id] = handle
         await self._nursery.start(AgentTree(self, handle).run_forever)
         return handle
 
@@ -128,6 +151,8 @@ class AgentSupervisor:
         """Cancel the agent's tree and wait for it; record ``status`` unless None."""
         handle = self._handles.pop(agent_id, None)
         if handle is not None:
+            if self._by_uuid.get(handle.id) is handle:
+                del self._by_uuid[handle.id]
             handle.cancel_scope.cancel()
             await handle.done.wait()
             handle.commands.close()
@@ -177,10 +202,40 @@ class AgentSupervisor:
 
     # ------------------------------------------------------------------ commands
 
-    def submit(
-        self, agent_id: str, message: Outgoing, trace_id: str | None = None
-    ) -> trio.MemoryReceiveChannel[outcome.Outcome[Sent]]:
-        """Queue a send without waiting: SessionNotFound, SessionNotReady, RateLimited."""
+    def _stored(self, agent_uuid: uuid.UUID, stored: StoredInbound) -> None:
+        """The inbound writer committed a message: count it, publish it, hand it over."""
+        handle = self._by_uuid.get(agent_uuid)
+        if handle is None:
+            return  # not running: the agent's next tree reads it back from the table
+        message = stored.message
+        self.metrics.messages_received.labels(handle.agent_id).inc()
+        self.metrics.wa_messages_received.labels(handle.agent_id).inc()
+        self.bus.publish(
+            BusEvent(
+                handle.agent_id,
+                "message",
+                {
+                    "rowId": stored.row_id,
+                    "id": message.id,
+                    "chat": message.chat,
+                    "sender": message.sender,
+                    "senderLid": message.sender_lid,
+                    "pushName": message.push_name,
+                    "text": message.text,
+                    "isGroup": message.is_group,
+                    "isFromMe": message.is_from_me,
+                    "mediaType": message.media_type,
+                    "timestampMs": message.timestamp_ms,
+                },
+            )
+        )
+        if handle.inbound is not None:
+            try:
+                handle.inbound.send_nowait(stored)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # that tree is ending: the next one reads the row back
+
+    def _ready(self, agent_id: str) -> AgentHandle:
         handle = self._handles.get(agent_id)
         if handle is None:
             # Callers check the agent exists; one that is not running is not ready.
@@ -189,20 +244,51 @@ class AgentSupervisor:
             raise SessionNotReady(
                 f"Session {agent_id!r} is not connected (status: {handle.status})"
             )
-        command, reply = new_send(message, trace_id)
+        return handle
+
+    async def send(
+        self,
+        agent_id: str,
+        message: Outgoing,
+        trace_id: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Sent:
+        """Record, queue and wait (up to ``agents.command_timeout``) for one send.
+
+        The row is written before the send is queued (``pending``). With an
+        ``idempotency_key`` already used for this agent, the first send's result is answered
+        and nothing is sent again (IdempotencyConflict while that send is still open or its
+        outcome is unknown). Refusals before anything was handed over (not connected, queue
+        full) leave the key free for a retry.
+        """
+        handle = self._ready(agent_id)
+        if idempotency_key is not None:
+            first = await outbound_store.find_by_key(self.db, handle.id, idempotency_key)
+            if first is not None:
+                return _replay(first)
+        row_id = await outbound_store.insert_pending(
+            self.db, handle.id, message, trace_id=trace_id, key=idempotency_key
+        )
+        if row_id is None:  # the same key raced us in
+            assert idempotency_key is not None
+            first = await outbound_store.find_by_key(self.db, handle.id, idempotency_key)
+            if first is None:
+                raise IdempotencyConflict(
+                    "A send with this Idempotency-Key was just refused; retry"
+                )
+            return _replay(first)
+        command, reply = new_send(row_id, message, trace_id)
         try:
             handle.commands.send_nowait(command)
         except trio.WouldBlock:
+            await outbound_store.release_key(self.db, row_id, "queue full")
             raise RateLimited(
                 f"{self.config().agents.queue_size} messages are already waiting for agent {agent_id!r}"
             ) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await outbound_store.release_key(self.db, row_id, "agent stopping")
             raise AgentStopped(f"Session {agent_id!r} is stopping") from None
-        return reply
-
-    async def send(self, agent_id: str, message: Outgoing, trace_id: str | None = None) -> Sent:
-        """Queue a send and wait (up to ``agents.command_timeout``) for its result."""
-        reply = self.submit(agent_id, message, trace_id)
         timeout = self.config().agents.command_timeout
         with trio.move_on_after(timeout):
             async with reply:
@@ -238,3 +324,25 @@ class AgentSupervisor:
             "total": sum(counts.values()),
             "connected": counts.get("connected", 0),
         }
+
+
+def _replay(first: outbound_store.KeyedSend) -> Sent:
+    """The answer a retried Idempotency-Key gets: the first send's, never a second send."""
+    if first.status == "sent" and first.wa_message_id is not None:
+        return Sent(
+            message_id=first.wa_message_id,
+            timestamp_ms=first.timestamp_ms or 0,
+            row_id=first.row_id,
+        )
+    if first.status == "failed" and first.result and isinstance(first.result.get("error"), dict):
+        error = first.result["error"]
+        cls = getattr(errors, str(error.get("type")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.GatewayError)):
+            cls = errors.WhatsAppError
+        raise cls(str(error.get("message") or "the first send with this key failed"))
+    if first.status == "unknown":
+        raise IdempotencyConflict(
+            "The first send with this Idempotency-Key was interrupted while WhatsApp had it;"
+            " it is not sent again (its outcome is unknown)"
+        )
+    raise IdempotencyConflict("A send with this Idempotency-Key is still in progress")

@@ -47,16 +47,20 @@ class Sent:
 
 @attrs.frozen(kw_only=True)
 class SendCommand:
+    """An API send: its row (``pending``, written before it was queued) and its message."""
+
+    row_id: int
     message: Outgoing
     reply: trio.MemorySendChannel[outcome.Outcome[Sent]]
     trace_id: str | None = None
 
 
 def new_send(
-    message: Outgoing, trace_id: str | None = None
+    row_id: int, message: Outgoing, trace_id: str | None = None
 ) -> tuple[SendCommand, trio.MemoryReceiveChannel[outcome.Outcome[Sent]]]:
     reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Sent]](1)
-    return SendCommand(message=message, reply=reply_send, trace_id=trace_id), reply_receive
+    command = SendCommand(row_id=row_id, message=message, reply=reply_send, trace_id=trace_id)
+    return command, reply_receive
 
 
 def result_of(result: SendResult, row_id: int) -> Sent:

@@ -1,9 +1,13 @@
 """The inbound forwarder (seed 001 §7–§8): filter → typing → AI → reply.
 
 Each persisted inbound message comes here once (again after a restart if it was never
-handled). What is ignored, what is sent to the AI, and what became of it ends up as the
-message's ``outcome``; every AI call is recorded in ``ai_executions``. When the AI times
-out or fails, the user gets no reply and the developer number gets a report.
+answered). What is ignored, what is sent to the AI, and what became of it ends up as the
+message's ``outcome``; every AI call is recorded in ``ai_executions`` and carries the
+WhatsApp message id as its ``Idempotency-Key``, so a message forwarded again after a crash
+(between the AI call and recording its answer) is recognisable. A reply is not sent from
+here: it is returned, and the agent queues it durably (the message is handled once the
+reply went out). When the AI times out or fails, the user gets no reply and the developer
+number gets a report, queued the same way.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from gatewayd import textsafe
 from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayError
 from gatewayd.jid import normalize_recipient, to_contract_jid
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.outbound.ai import AIAnswer, build_run_payload, call_ai
+from gatewayd.store import outbound as outbound_store
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.executions import record_execution
 from gatewayd.store.messages import StoredInbound
+from gatewayd.store.retry import wait_for_database
 from gatewayd.whatsapp.port import InboundMessage, Quote
 
 if TYPE_CHECKING:
@@ -73,7 +80,7 @@ class Forwarder:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def __call__(self, handle: AgentHandle, stored: StoredInbound) -> str:
+    async def __call__(self, handle: AgentHandle, stored: StoredInbound) -> str | Outgoing:
         gateway, message = self.gateway, stored.message
         trace_id = stored.trace_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(traceId=trace_id):
@@ -86,7 +93,9 @@ class Forwarder:
                 return "recorded"
             return await self._forward(handle, stored, trace_id)
 
-    async def _forward(self, handle: AgentHandle, stored: StoredInbound, trace_id: str) -> str:
+    async def _forward(
+        self, handle: AgentHandle, stored: StoredInbound, trace_id: str
+    ) -> str | Outgoing:
         gateway, message = self.gateway, stored.message
         payload = build_run_payload(
             message=message.text or "",
@@ -109,6 +118,7 @@ class Forwarder:
                 trace_id=trace_id,
                 message_row=stored.row_id,
                 count_errors=True,
+                idempotency_key=message.id,
             )
         except GatewayError as exc:
             reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
@@ -124,14 +134,7 @@ class Forwarder:
             quote = Quote(
                 message_id=message.id, sender=message.sender, chat=message.chat, text=message.text
             )
-        try:
-            await gateway.agents.send(
-                handle.agent_id, Outgoing(to=message.chat, text=answer.reply, quote=quote), trace_id
-            )
-        except GatewayError as exc:
-            log.warning("gatewayd.forward.reply_failed", error=str(exc))
-            return "reply_failed"
-        return "replied"
+        return Outgoing(to=message.chat, text=textsafe.clean(answer.reply), quote=quote)
 
     async def _typing(self, handle: AgentHandle, chat: str, on: bool) -> None:
         if not handle.connected:
@@ -161,9 +164,15 @@ class Forwarder:
             to = normalize_recipient(
                 number, default_country_code=self.gateway.config.whatsapp.default_country_code
             )
-            await self.gateway.agents.send(handle.agent_id, Outgoing(to=to, text=text), trace_id)
         except GatewayError as exc:
-            log.warning("gatewayd.forward.report_failed", error=str(exc))
+            log.warning("gatewayd.forward.report_failed", error=exc.message)
+            return
+        db = self.gateway.db
+        report = Outgoing(to=to, text=text)
+        await wait_for_database(
+            db, lambda: outbound_store.queue(db, handle.id, report, trace_id=trace_id)
+        )
+        handle.outbox_wake.set()
 
 
 def ai_endpoint(gateway: Gateway, record: AgentRecord) -> str | None:
@@ -182,6 +191,7 @@ async def ai_call(
     trace_id: str,
     message_row: int | None = None,
     count_errors: bool = False,
+    idempotency_key: str | None = None,
 ) -> AIAnswer:
     """Call the agent's AI endpoint; record the execution and the latency either way.
 
@@ -201,6 +211,7 @@ async def ai_call(
             payload=payload,
             timeout=gateway.config.ai.timeout,
             trace_id=trace_id,
+            idempotency_key=idempotency_key,
         )
     except GatewayError as exc:
         duration = trio.current_time() - begin

@@ -58,6 +58,7 @@ async def call_ai(
     payload: Mapping[str, Any],
     timeout: float,  # noqa: ASYNC109 - also httpx's per-operation timeout and in messages
     trace_id: str,
+    idempotency_key: str | None = None,
 ) -> AIAnswer:
     """POST ``payload`` to the AI backend at ``url`` and return its answer.
 
@@ -70,6 +71,10 @@ async def call_ai(
         "X-Request-ID": trace_id,
         "Accept": "application/json",
     }
+    if idempotency_key is not None:
+        # The WhatsApp message id: the same for every forward of one message, so a backend
+        # can recognise the one repeat a crash can cause (docs/durability.md).
+        headers["Idempotency-Key"] = idempotency_key
     host = _host_of(url)
     start = trio.current_time()
     try:

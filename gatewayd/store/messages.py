@@ -4,7 +4,9 @@ with it) and every message the daemon sent."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import cattrs
@@ -29,39 +31,103 @@ def _type_of(message: InboundMessage) -> str:
     return message.media_type or "text"
 
 
+@attrs.frozen
+class NewInbound:
+    """A received message on its way into the table (strings already cleaned)."""
+
+    agent_uuid: uuid.UUID
+    message: InboundMessage
+    #: Originals of cleaned strings, by field path (see ``gatewayd.textsafe``).
+    escaped: Mapping[str, str] = attrs.field(factory=dict)
+    trace_id: str | None = None
+
+
+# Timestamps WhatsApp (or a broken client) sends may be anything; PostgreSQL's range is
+# wider than this, Python's datetime is not.
+_MAX_TIMESTAMP_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+
+
+def _received_at(timestamp_ms: int) -> datetime:
+    if 0 <= timestamp_ms <= _MAX_TIMESTAMP_MS:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    return datetime.now(UTC)
+
+
+_INSERT_INBOUND = (
+    "INSERT INTO messages (agent_id, direction, type, chat_jid, chat_lid, sender_jid, sender_lid,"
+    " is_group, push_name, text, quoted_id, media, wa_message_id, status, trace_id, received_at,"
+    " payload, mentioned_jids)"
+    " VALUES (%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s)"
+    " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING RETURNING id"
+)
+
+
+def unstructure_inbound(message: InboundMessage) -> dict[str, Any]:
+    """The message as the JSON kept in the ``payload`` column."""
+    raw: dict[str, Any] = _converter.unstructure(message)
+    return raw
+
+
+def structure_inbound(payload: dict[str, Any]) -> InboundMessage:
+    """The message back from its ``payload`` (originals of cleaned strings left aside)."""
+    fields = {k: v for k, v in payload.items() if k != "escaped"}
+    return _converter.structure(fields, InboundMessage)
+
+
+def _inbound_params(item: NewInbound) -> tuple[object, ...]:
+    message = item.message
+    payload = unstructure_inbound(message)
+    if item.escaped:
+        payload["escaped"] = dict(item.escaped)
+    return (
+        item.agent_uuid, _type_of(message), message.chat, message.chat_lid, message.sender,
+        message.sender_lid, message.is_group, message.push_name, message.text,
+        message.quoted_id, Jsonb(payload["media"]) if message.media else None, message.id,
+        item.trace_id, _received_at(message.timestamp_ms), Jsonb(payload),
+        list(message.mentioned_jids),
+    )  # fmt: skip
+
+
+async def insert_inbound_batch(db: Database, items: Sequence[NewInbound]) -> list[int | None]:
+    """Persist received messages in one transaction; for each, its row id, or None when
+    WhatsApp redelivered one already stored (the unique (agent, direction, wa id) key)."""
+    params = [_inbound_params(item) for item in items]
+
+    def work(conn: Connection) -> list[int | None]:
+        ids: list[int | None] = []
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT_INBOUND, params, returning=True)
+            while True:
+                row = cur.fetchone()
+                ids.append(None if row is None else int(row[0]))
+                if not cur.nextset():
+                    break
+        return ids
+
+    return await db.run(work)
+
+
 async def insert_inbound(
     db: Database, agent_uuid: uuid.UUID, message: InboundMessage, trace_id: str | None = None
 ) -> int | None:
-    """Persist a received message; the row id, or None when WhatsApp redelivered one
-    already stored (the unique (agent, direction, wa id) key)."""
-    payload = _converter.unstructure(message)
-    received = datetime.fromtimestamp(message.timestamp_ms / 1000, UTC)
+    """Persist one received message (see :func:`insert_inbound_batch`)."""
+    ids = await insert_inbound_batch(db, [NewInbound(agent_uuid, message, trace_id=trace_id)])
+    return ids[0]
+
+
+async def quarantine_inbound(
+    db: Database, agent_uuid: uuid.UUID, wa_message_id: str, reason: str
+) -> int | None:
+    """Store what is left of a message that could not be stored: its id and why.
+
+    The row is handled at once (outcome ``quarantined:<reason>``) so nothing forwards it."""
 
     def work(conn: Connection) -> int | None:
         row = conn.execute(
-            "INSERT INTO messages (agent_id, direction, type, chat_jid, chat_lid, sender_jid, sender_lid,"
-            " is_group, push_name, text, quoted_id, media, wa_message_id, status, trace_id, received_at,"
-            " payload, mentioned_jids)"
-            " VALUES (%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s)"
+            "INSERT INTO messages (agent_id, direction, chat_jid, wa_message_id, status, error,"
+            " handled_at, outcome) VALUES (%s, 'inbound', '', %s, 'quarantined', %s, now(), %s)"
             " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING RETURNING id",
-            (
-                agent_uuid,
-                _type_of(message),
-                message.chat,
-                message.chat_lid,
-                message.sender,
-                message.sender_lid,
-                message.is_group,
-                message.push_name,
-                message.text,
-                message.quoted_id,
-                Jsonb(payload["media"]) if message.media else None,
-                message.id,
-                trace_id,
-                received,
-                Jsonb(payload),
-                list(message.mentioned_jids),
-            ),
+            (agent_uuid, wa_message_id, reason, f"quarantined:{reason}"),
         ).fetchone()
         return None if row is None else int(row[0])
 
@@ -77,21 +143,46 @@ async def mark_handled(db: Database, row_id: int, outcome: str) -> None:
     await db.run(work)
 
 
+async def quarantine(db: Database, row_id: int, reason: str) -> None:
+    """Give up on a stored message for a reason that will not go away; the agent moves on."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE messages SET status = 'quarantined', error = %s, handled_at = now(),"
+            " outcome = %s WHERE id = %s",
+            (reason[:1000], f"quarantined:{reason[:200]}", row_id),
+        )
+
+    await db.run(work)
+
+
+async def begin_attempt(db: Database, row_id: int) -> int:
+    """Count one more hand-over of an inbound message to the forwarder; the new count."""
+
+    def work(conn: Connection) -> int:
+        row = conn.execute(
+            "UPDATE messages SET attempts = attempts + 1 WHERE id = %s RETURNING attempts",
+            (row_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    return await db.run(work)
+
+
 async def unhandled_inbound(
     db: Database, agent_uuid: uuid.UUID, max_age: float
 ) -> list[StoredInbound]:
-    """Inbound messages persisted but not yet handled, younger than ``max_age`` seconds, oldest first."""
+    """Inbound messages persisted but not yet taken up (never answered), younger than
+    ``max_age`` seconds, oldest first."""
 
     def work(conn: Connection) -> list[StoredInbound]:
         rows = conn.execute(
             "SELECT id, payload, trace_id FROM messages WHERE agent_id = %s AND direction = 'inbound'"
-            " AND handled_at IS NULL AND payload IS NOT NULL"
+            " AND handled_at IS NULL AND status = 'received' AND payload IS NOT NULL"
             " AND created_at > now() - make_interval(secs => %s) ORDER BY created_at, id",
             (agent_uuid, max_age),
         ).fetchall()
-        return [
-            StoredInbound(int(r[0]), _converter.structure(r[1], InboundMessage), r[2]) for r in rows
-        ]
+        return [StoredInbound(int(r[0]), structure_inbound(r[1]), r[2]) for r in rows]
 
     return await db.run(work)
 

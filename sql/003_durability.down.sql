@@ -1,0 +1,10 @@
+DROP INDEX messages_reply_to_idx;
+DROP INDEX messages_outbound_open_idx;
+DROP INDEX messages_agent_idempotency_key_idx;
+ALTER TABLE messages DROP CONSTRAINT messages_status_check;
+ALTER TABLE messages DROP CONSTRAINT messages_reply_to_fkey;
+ALTER TABLE messages DROP COLUMN error;
+ALTER TABLE messages DROP COLUMN result;
+ALTER TABLE messages DROP COLUMN idempotency_key;
+ALTER TABLE messages DROP COLUMN reply_to;
+ALTER TABLE messages DROP COLUMN attempts;
