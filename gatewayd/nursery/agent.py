@@ -538,8 +538,10 @@ class AgentTree:
     async def _forward_one(self, stored: StoredInbound) -> None:
         handle, db = self.handle, self.sup.db
         row = stored.row_id
-        attempts = await wait_for_database(db, lambda: messages_store.begin_attempt(db, row))
         limit = self.sup.config().agents.forward_max_attempts
+        # Counted before the forwarder starts: a message that keeps killing the process is
+        # recognised after `limit` tries (many rows per transaction, across agents).
+        attempts = await wait_for_database(db, lambda: self.sup.attempts.submit(row))
         if attempts > limit:
             await self._quarantine(stored, f"not handled after {limit} attempts")
             return
@@ -555,7 +557,7 @@ class AgentTree:
                 await self._quarantine(stored, f"{type(exc).__name__} while forwarding")
                 return
         if isinstance(decision, str):
-            await wait_for_database(db, lambda: messages_store.mark_handled(db, row, decision))
+            await wait_for_database(db, lambda: self.sup.outcomes.submit((row, decision)))
             self._publish_handled(row, decision)
             return
         await wait_for_database(

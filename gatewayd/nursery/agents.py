@@ -29,8 +29,10 @@ from gatewayd.metrics import Metrics
 from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward
 from gatewayd.nursery.bus import BusEvent, EventBus
 from gatewayd.nursery.commands import Outgoing, Sent, new_send
+from gatewayd.nursery.groupcommit import GroupCommit
 from gatewayd.nursery.inbound import InboundWriter
 from gatewayd.store import agents as agents_store
+from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.db import Database
 from gatewayd.store.messages import StoredInbound
@@ -67,6 +69,12 @@ class AgentSupervisor:
         self._nursery: trio.Nursery | None = None
         #: Commits every received message before its client's callback returns.
         self.inbound = InboundWriter(db, self._stored)
+        #: Records the forwarder's outcomes, many per transaction.
+        self.outcomes = GroupCommit[tuple[int, str], None](
+            lambda items: messages_store.mark_handled_many(db, items)
+        )
+        #: Counts forwarding attempts, many per transaction.
+        self.attempts = GroupCommit[int, int](lambda rows: messages_store.begin_attempts(db, rows))
         #: Set once ``run`` has fully finished, shutdown bookkeeping included.
         self.finished = trio.Event()
 
@@ -79,6 +87,8 @@ class AgentSupervisor:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.inbound.run)
+                await nursery.start(self.outcomes.run)
+                await nursery.start(self.attempts.run)
                 self._nursery = nursery
                 # Sends a dead process left behind: "sending" is unknown, "pending" failed.
                 reconciled = await wait_for_database(

@@ -171,7 +171,14 @@ async def open_store(config: Config) -> AsyncIterator[Database]:
 
 @asynccontextmanager
 async def open_backend(config: Config, db: Database) -> AsyncIterator[WhatsAppBackend]:
-    """The WhatsApp side: the simulated network, or neonize (real WhatsApp)."""
+    """The WhatsApp side: the simulated network (a ``gatewayd simnet`` at ``sim_url``, or in
+    this process), or neonize (real WhatsApp)."""
+    if config.whatsapp.mode == "sim" and config.whatsapp.sim_url:
+        from gatewayd.whatsapp.simnet.client import open_simnet_backend
+
+        async with open_simnet_backend(config.whatsapp.sim_url) as remote:
+            yield remote
+        return
     if config.whatsapp.mode == "sim":
         from gatewayd.whatsapp.sim import SimulatedWhatsApp
 

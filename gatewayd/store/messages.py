@@ -143,6 +143,34 @@ async def mark_handled(db: Database, row_id: int, outcome: str) -> None:
     await db.run(work)
 
 
+async def mark_handled_many(db: Database, outcomes: Sequence[tuple[int, str]]) -> list[None]:
+    """Record many outcomes in one transaction (see ``gatewayd/nursery/groupcommit.py``)."""
+
+    def work(conn: Connection) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE messages SET handled_at = now(), outcome = %s WHERE id = %s",
+                [(outcome, row_id) for row_id, outcome in outcomes],
+            )
+
+    await db.run(work)
+    return [None] * len(outcomes)
+
+
+async def begin_attempts(db: Database, row_ids: Sequence[int]) -> list[int]:
+    """Count one more forwarding attempt of each row, in one transaction; the new counts."""
+
+    def work(conn: Connection) -> list[int]:
+        rows = conn.execute(
+            "UPDATE messages SET attempts = attempts + 1 WHERE id = ANY(%s) RETURNING id, attempts",
+            (list(row_ids),),
+        ).fetchall()
+        counts = {int(r[0]): int(r[1]) for r in rows}
+        return [counts.get(row_id, 0) for row_id in row_ids]
+
+    return await db.run(work)
+
+
 async def quarantine(db: Database, row_id: int, reason: str) -> None:
     """Give up on a stored message for a reason that will not go away; the agent moves on."""
 
@@ -154,19 +182,6 @@ async def quarantine(db: Database, row_id: int, reason: str) -> None:
         )
 
     await db.run(work)
-
-
-async def begin_attempt(db: Database, row_id: int) -> int:
-    """Count one more hand-over of an inbound message to the forwarder; the new count."""
-
-    def work(conn: Connection) -> int:
-        row = conn.execute(
-            "UPDATE messages SET attempts = attempts + 1 WHERE id = %s RETURNING attempts",
-            (row_id,),
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    return await db.run(work)
 
 
 async def unhandled_inbound(

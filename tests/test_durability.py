@@ -1,0 +1,281 @@
+"""Nothing lost inside one process: the inbound writer, poison messages, durable replies,
+sends recorded before they go out, Idempotency-Key. (Crash tests with real processes are in
+tests/test_crash.py.)"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from gatewayd.errors import IdempotencyConflict
+from gatewayd.nursery.agent import AgentHandle
+from gatewayd.nursery.commands import Outgoing
+from gatewayd.nursery.inbound import InboundWriter
+from gatewayd.store import agents as agents_store
+from gatewayd.store import outbound as outbound_store
+from gatewayd.store.db import Connection, Database
+from gatewayd.store.messages import StoredInbound
+from gatewayd.textsafe import restore
+from gatewayd.whatsapp.port import InboundMessage
+from tests.test_agents import CUSTOMER, World, wait_for, world  # noqa: F401
+
+CUSTOMER_JID = f"{CUSTOMER}@s.whatsapp.net"
+
+
+def inbound(text: str, id: str | None = None) -> InboundMessage:
+    return InboundMessage(
+        id=id or f"3A{uuid.uuid4().hex[:18].upper()}",
+        chat=CUSTOMER_JID,
+        sender=CUSTOMER_JID,
+        timestamp_ms=1_700_000_000_000,
+        text=text,
+    )
+
+
+async def rows(db: Database, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    def work(conn: Connection) -> list[tuple[Any, ...]]:
+        return conn.execute(sql, args).fetchall()
+
+    return await db.run(work)
+
+
+@pytest.fixture
+async def agent_uuid(database: Database) -> uuid.UUID:
+    record = await agents_store.create_agent(
+        database, agent_id="bot", name="bot", user_id="u1", api_key="k"
+    )
+    return record.id
+
+
+# ------------------------------------------------------------------ the inbound writer
+
+
+async def test_persist_returns_once_the_message_is_committed(
+    database: Database, agent_uuid: uuid.UUID, nursery: trio.Nursery
+) -> None:
+    """When persist returns, another connection already sees the row; a redelivery is None."""
+    delivered: list[StoredInbound] = []
+    writer = InboundWriter(database, lambda _a, stored: delivered.append(stored))
+    await nursery.start(writer.run)
+    message = inbound("hello")
+    row_id = await writer.persist(agent_uuid, message)
+    assert row_id is not None
+    seen = await rows(database, "SELECT text, status, attempts FROM messages WHERE id = %s", row_id)
+    assert seen == [("hello", "received", 0)]
+    assert [d.row_id for d in delivered] == [row_id]
+    assert await writer.persist(agent_uuid, message) is None  # WhatsApp redelivered it
+    assert len(delivered) == 1
+
+
+async def test_concurrent_messages_share_transactions(
+    database: Database, agent_uuid: uuid.UUID, nursery: trio.Nursery
+) -> None:
+    """200 callbacks waiting at once are committed in far fewer than 200 transactions."""
+    writer = InboundWriter(database, lambda _a, _s: None)
+    await nursery.start(writer.run)
+    ids: list[int | None] = []
+
+    async def callback(n: int) -> None:
+        ids.append(await writer.persist(agent_uuid, inbound(f"m{n}")))
+
+    async with trio.open_nursery() as callbacks:
+        for n in range(200):
+            callbacks.start_soon(callback, n)
+    assert len(set(ids)) == 200 and None not in ids
+    assert writer.committed == 200 and writer.batches < 50
+    assert await rows(database, "SELECT count(*) FROM messages") == [(200,)]
+
+
+async def test_nul_and_lone_surrogates_are_stored_cleaned_with_the_original_kept(
+    database: Database, agent_uuid: uuid.UUID, nursery: trio.Nursery
+) -> None:
+    """Text PostgreSQL refuses is stored with U+FFFD; the exact original is recoverable."""
+    writer = InboundWriter(database, lambda _a, _s: None)
+    await nursery.start(writer.run)
+    nasty = "a\x00b\ud800c"
+    message = InboundMessage(
+        id="3AODD\x00ID",
+        chat=CUSTOMER_JID,
+        sender=CUSTOMER_JID,
+        timestamp_ms=10**20,  # far outside any date
+        push_name="\udfff",
+        text=nasty,
+    )
+    row_id = await writer.persist(agent_uuid, message)
+    assert row_id is not None
+    [(text, wa_id, push_name, payload)] = await rows(
+        database,
+        "SELECT text, wa_message_id, push_name, payload FROM messages WHERE id = %s",
+        row_id,
+    )
+    assert (text, wa_id, push_name) == ("a\ufffdb\ufffdc", "3AODD\ufffdID", "\ufffd")
+    assert restore(payload["escaped"]["text"]) == nasty
+    assert restore(payload["escaped"]["push_name"]) == "\udfff"
+    assert restore(payload["escaped"]["id"]) == "3AODD\x00ID"
+    json.dumps(payload)  # the stored payload is plain JSON
+
+
+# ------------------------------------------------------------------ agents
+
+
+async def test_poison_text_from_whatsapp_is_forwarded_cleaned_and_the_agent_keeps_running(
+    world: World,  # noqa: F811
+) -> None:
+    """NUL and a lone surrogate from WhatsApp: stored, forwarded cleaned, no restart."""
+    seen: list[str | None] = []
+
+    async def forward(handle: AgentHandle, stored: StoredInbound) -> str:
+        seen.append(stored.message.text)
+        return "recorded"
+
+    await world.start_supervisor(forward=forward)
+    agent = await world.paired_agent("bot-a", "628123450001")
+    with world.bus.subscribe("bot-a") as events:
+        world.sim.inject_text("bot-a", CUSTOMER, "nul\x00here")
+        world.sim.inject_text("bot-a", CUSTOMER, "lone\ud800surrogate")
+        world.sim.inject_text("bot-a", CUSTOMER, "plain")
+        for _ in range(3):
+            await wait_for(events, lambda e: e.kind == "handled")
+    assert seen == ["nul\ufffdhere", "lone\ufffdsurrogate", "plain"]
+    assert agent.restarts == 0
+    stored = await rows(world.db, "SELECT text, outcome FROM messages ORDER BY id")
+    assert stored == [
+        ("nul\ufffdhere", "recorded"),
+        ("lone\ufffdsurrogate", "recorded"),
+        ("plain", "recorded"),
+    ]
+
+
+async def test_a_restarted_tree_hands_over_every_stored_message_once(world: World) -> None:  # noqa: F811
+    """Messages stored while the forwarder was busy survive a tree restart; none is lost."""
+    calls: list[str] = []
+    gate = trio.Event()
+
+    async def slow_forward(handle: AgentHandle, stored: StoredInbound) -> str:
+        calls.append(stored.message.id)
+        await gate.wait()
+        return "recorded"
+
+    sup = await world.start_supervisor(forward=slow_forward)
+    await world.paired_agent("bot-a", "628123450001")
+    injected = [world.sim.inject_text("bot-a", CUSTOMER, f"m{i}").id for i in range(20)]
+    with world.bus.subscribe("bot-a") as events:
+        # Every message is committed (the writer published it) while the first one is stuck.
+        for _ in range(20):
+            await wait_for(events, lambda e: e.kind == "message")
+    assert calls == injected[:1]
+    with world.bus.subscribe("bot-a") as events:
+        await sup.restart("bot-a")
+        gate.set()
+        handled = set()
+        while len(handled) < 20:
+            event = await wait_for(events, lambda e: e.kind == "handled")
+            handled.add(event.data["rowId"])
+    # The one in flight at the restart was taken up twice, every other one once.
+    assert sorted(calls) == sorted(injected + injected[:1])
+    outcomes = await rows(world.db, "SELECT outcome, attempts FROM messages ORDER BY id")
+    assert outcomes == [("recorded", 2)] + [("recorded", 1)] * 19
+
+
+async def test_a_reply_waits_for_the_connection_and_is_sent_once_it_is_back(
+    world: World,  # noqa: F811
+) -> None:
+    """The AI's reply, produced while disconnected, goes out after reconnecting; then handled."""
+    release = trio.Event()
+
+    async def forward(handle: AgentHandle, stored: StoredInbound) -> Outgoing:
+        await release.wait()
+        return Outgoing(to=stored.message.chat, text=f"re: {stored.message.text}")
+
+    await world.start_supervisor(forward=forward)
+    agent = await world.paired_agent("bot-a", "628123450001")
+    with world.bus.subscribe("bot-a") as events:
+        world.sim.inject_text("bot-a", CUSTOMER, "question")
+        await wait_for(events, lambda e: e.kind == "message")
+        world.sim.drop("bot-a", back_after=5.0)  # whatsmeow heals the break by itself
+        await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "disconnected")
+        release.set()
+        handled = await wait_for(events, lambda e: e.kind == "handled")
+        assert agent.connected  # only sent once the connection was back
+    assert handled.data["outcome"] == "replied"
+    texts = [r.text for r in world.sim.sent("bot-a") if r.kind == "text"]
+    assert texts == ["re: question"]
+    stored = await rows(world.db, "SELECT direction, status, outcome FROM messages ORDER BY id")
+    assert stored == [("inbound", "answered", "replied"), ("outbound", "sent", None)]
+
+
+async def test_a_reply_older_than_the_max_age_is_expired_not_sent(world: World) -> None:  # noqa: F811
+    """A queued reply past agents.reply_max_age ends expired; its message is handled so."""
+    await world.start_supervisor()
+    await world.new_agent("bot-a")
+    record = await agents_store.get_agent(world.db, "bot-a")
+    assert record is not None
+    [(inbound_row,)] = await rows(
+        world.db,
+        "INSERT INTO messages (agent_id, direction, chat_jid, wa_message_id, status)"
+        " VALUES (%s, 'inbound', %s, '3AOLD', 'received') RETURNING id",
+        record.id,
+        CUSTOMER_JID,
+    )
+    reply = await outbound_store.queue_reply(
+        world.db, record.id, inbound_row, Outgoing(to=CUSTOMER_JID, text="late"), trace_id=None
+    )
+    await rows(
+        world.db,
+        "UPDATE messages SET created_at = now() - interval '2 hours' WHERE id = %s RETURNING id",
+        reply,
+    )
+    with world.bus.subscribe("bot-a") as events:
+        assert world.sup is not None
+        await world.sup.start("bot-a")
+        await wait_for(events, lambda e: e.kind == "qr")
+        world.sim.scan("bot-a", "628123450001")
+        handled = await wait_for(events, lambda e: e.kind == "handled")
+    assert handled.data == {"rowId": inbound_row, "outcome": "reply_expired"}
+    assert [r for r in world.sim.sent("bot-a") if r.kind == "text"] == []
+    assert await rows(world.db, "SELECT status FROM messages WHERE id = %s", reply) == [
+        ("expired",)
+    ]
+
+
+async def test_a_retried_idempotency_key_answers_the_first_send(world: World) -> None:  # noqa: F811
+    """The same key twice: one message goes out, both callers get its id."""
+    sup = await world.start_supervisor()
+    await world.paired_agent("bot-a", "628123450001")
+    message = Outgoing(to=CUSTOMER_JID, text="pay now")
+    first = await sup.send("bot-a", message, idempotency_key="order-17")
+    again = await sup.send("bot-a", message, idempotency_key="order-17")
+    other = await sup.send("bot-a", message, idempotency_key="order-18")
+    assert again == first and other.message_id != first.message_id
+    assert [r.text for r in world.sim.sent("bot-a")] == ["pay now", "pay now"]
+
+
+async def test_an_unknown_send_is_never_sent_again_for_its_key(world: World) -> None:  # noqa: F811
+    """A send left 'sending' by a dead process is unknown at start; its key refuses a resend."""
+    await world.new_agent("bot-a")
+    record = await agents_store.get_agent(world.db, "bot-a")
+    assert record is not None
+    stuck = await outbound_store.insert_pending(
+        world.db, record.id, Outgoing(to=CUSTOMER_JID, text="hi"), trace_id=None, key="k1"
+    )
+    never = await outbound_store.insert_pending(
+        world.db, record.id, Outgoing(to=CUSTOMER_JID, text="hi"), trace_id=None, key="k2"
+    )
+    assert stuck is not None and never is not None
+    assert await outbound_store.mark_sending(world.db, stuck)
+    sup = await world.start_supervisor()  # the next process start reconciles
+    statuses = await rows(world.db, "SELECT id, status, idempotency_key FROM messages ORDER BY id")
+    assert statuses == [(stuck, "unknown", "k1"), (never, "failed", None)]
+    with world.bus.subscribe("bot-a") as events:
+        await sup.start("bot-a")
+        await wait_for(events, lambda e: e.kind == "qr")
+        world.sim.scan("bot-a", "628123450001")
+        await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+    with pytest.raises(IdempotencyConflict):
+        await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="hi"), idempotency_key="k1")
+    sent = await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="hi"), idempotency_key="k2")
+    assert [r.message_id for r in world.sim.sent("bot-a")] == [sent.message_id]
