@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from gatewayd.errors import InvalidPayload
 from gatewayd.http import middleware as mw
 from gatewayd.http.errors import error_response
 from gatewayd.http.routes_ops import ops_routes
+from gatewayd.http.validate import check_content_type, parse_body
 
 if TYPE_CHECKING:
     from gatewayd.nursery.supervisor import Gateway
@@ -29,18 +28,25 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or InvalidPayload saying what is wrong with it."""
+#: Bodies larger than this are parsed in a worker thread, so the event loop keeps serving.
+PARSE_INLINE_BYTES = 64 * 1024
+SIM_PREFIX = "/_sim/"
+
+
+async def read_json(request: Request, *, any_text: bool | None = None) -> dict[str, Any]:
+    """The request's JSON object, checked whole by ``gatewayd.http.validate``: InvalidPayload
+    (or UnsupportedMediaType) says what is wrong before any handler acts on it.
+
+    Strings with NUL or lone surrogates are refused unless ``any_text``; by default they
+    pass only under ``/_sim/``, whose bodies stand for what WhatsApp sends, not for a client.
+    """
+    if any_text is None:
+        any_text = request.url.path.startswith(SIM_PREFIX)
+    check_content_type(request.headers.get("content-type"))
     body = await request.body()
-    if not body:
-        raise InvalidPayload("Request body must be a JSON object")
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidPayload(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidPayload("Request body must be a JSON object")
-    return value
+    if len(body) <= PARSE_INLINE_BYTES:
+        return parse_body(body, any_text=any_text)
+    return await trio.to_thread.run_sync(lambda: parse_body(body, any_text=any_text))
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -53,8 +59,9 @@ def create_app(gateway: Gateway, extra_routes: Sequence[BaseRoute] = ()) -> Star
     from gatewayd.http.routes_docs import docs_routes
 
     routes = [*ops_routes(), *agents_routes(), *docs_routes(), *extra_routes]
-    if gateway.config.whatsapp.mode == "sim":
-        # The simulated network's control API exists in sim mode only.
+    if gateway.config.whatsapp.mode == "sim" and not gateway.config.whatsapp.sim_url:
+        # The simulated network's control API exists in sim mode only, and a simnet
+        # process (sim_url) serves its own.
         from gatewayd.http.routes_sim import sim_routes
 
         routes += sim_routes()

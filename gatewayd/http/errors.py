@@ -15,11 +15,13 @@ from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from gatewayd import errors as e
+from gatewayd.http.validate import UnsupportedMediaType, escape
 
 #: First match wins, so subclasses come before their bases.
 ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (e.InvalidPayload, 400, "INVALID_PAYLOAD"),
     (e.AddressRefused, 400, "INVALID_PAYLOAD"),
+    (UnsupportedMediaType, 415, "UNSUPPORTED_MEDIA_TYPE"),
     (e.PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
     (e.MediaTooLarge, 413, "MEDIA_TOO_LARGE"),
     (e.Unauthorized, 401, "UNAUTHORIZED"),
@@ -27,6 +29,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (e.SessionNotFound, 404, "SESSION_NOT_FOUND"),
     (e.NotFound, 404, "NOT_FOUND"),
     (e.SessionNotReady, 409, "SESSION_NOT_READY"),
+    (e.IdempotencyConflict, 409, "IDEMPOTENCY_CONFLICT"),
     (e.NotConnected, 409, "SESSION_NOT_READY"),
     (e.RateLimited, 429, "RATE_LIMITED"),
     (e.AgentStopped, 503, "SESSION_NOT_READY"),
@@ -49,10 +52,19 @@ HTTP_CODES: dict[int, str] = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
     429: "RATE_LIMITED",
 }
 
 INTERNAL = (500, "INTERNAL", "Internal server error")
+
+#: What a client reads for a database failure: PostgreSQL's own wording (which can quote
+#: the values it refused) goes to the log with the stack, never into an answer.
+STORE_MESSAGES: tuple[tuple[type[e.StoreError], str], ...] = (
+    (e.StoreUnavailable, "The database is unavailable; try again shortly"),
+    (e.Conflict, "The change conflicts with existing data"),
+    (e.StoreError, INTERNAL[2]),
+)
 
 
 def classify(exc: BaseException) -> tuple[int, str, str, object]:
@@ -64,8 +76,21 @@ def classify(exc: BaseException) -> tuple[int, str, str, object]:
     for cls, status, code in ERROR_TABLE:
         if isinstance(exc, cls):
             assert isinstance(exc, e.GatewayError)
+            if isinstance(exc, e.StoreError) and _from_database(exc):
+                return status, code, _store_message(exc), None
             return status, code, exc.message, exc.details
     return *INTERNAL, None
+
+
+def _from_database(exc: e.StoreError) -> bool:
+    # Translated from psycopg by the store's map_exceptions (its details carry the SQLSTATE);
+    # a plain StoreError is never ours to explain either.
+    details = exc.details
+    return type(exc) is e.StoreError or (isinstance(details, dict) and "sqlstate" in details)
+
+
+def _store_message(exc: e.StoreError) -> str:
+    return next(message for cls, message in STORE_MESSAGES if isinstance(exc, cls))
 
 
 def is_v1(scope: Scope) -> bool:
@@ -76,7 +101,8 @@ def is_v1(scope: Scope) -> bool:
 def error_body(
     scope: Scope, code: str, message: str, details: object, trace_id: str
 ) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    # A message may quote what the client sent: escape what JSON cannot carry as UTF-8.
+    error: dict[str, Any] = {"code": code, "message": escape(message)}
     if is_v1(scope):
         if details is not None:
             error["details"] = details

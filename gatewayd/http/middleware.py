@@ -206,7 +206,12 @@ class Cors:
 
 class BodyLimit:
     """Refuse bodies over ``server.body_limit``: by Content-Length before reading, and
-    by counting while streaming (chunked bodies have no length to check)."""
+    by counting while streaming (chunked bodies have no length to check).
+
+    Any answer that starts before the request body was read to its end (a refusal, or a
+    handler that never reads the body) carries ``Connection: close``: the unread rest is
+    still on the wire, and a client that reused the connection would lose its next request.
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -217,18 +222,35 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.settings().server.body_limit
-        length = Headers(scope=scope).get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        body_done = "transfer-encoding" not in headers and length in ("", "0")
+        started = False
         seen = 0
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, body_done
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+                body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def closing_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if not body_done:
+                    MutableHeaders(scope=message)["Connection"] = "close"
+            await send(message)
+
+        try:
+            if length.isdigit() and int(length) > limit:
+                raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+            await self.app(scope, counting_receive, closing_send)
+        except PayloadTooLarge as exc:
+            if started:
+                raise
+            await error_response(scope, exc)(scope, receive, closing_send)
