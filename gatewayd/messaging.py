@@ -85,7 +85,11 @@ def sent_body(sent: Sent, to: str) -> dict[str, Any]:
 
 
 async def send_text(
-    gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str
+    gateway: Gateway,
+    record: AgentRecord,
+    body: dict[str, Any],
+    trace_id: str,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     to = recipient(gateway, body)
     text = _text(body, "message")
@@ -94,13 +98,20 @@ async def send_text(
     if quote_id:
         quote = await quote_for(gateway, record, to, quote_id)
     sent = await gateway.agents.send(
-        record.agent_id, Outgoing(to=to, text=text, quote=quote), trace_id
+        record.agent_id,
+        Outgoing(to=to, text=text, quote=quote),
+        trace_id,
+        idempotency_key=idempotency_key,
     )
     return sent_body(sent, to)
 
 
 async def send_media(
-    gateway: Gateway, record: AgentRecord, body: dict[str, Any], trace_id: str
+    gateway: Gateway,
+    record: AgentRecord,
+    body: dict[str, Any],
+    trace_id: str,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     to = recipient(gateway, body)
     media_cfg = gateway.config.media
@@ -144,6 +155,7 @@ async def send_media(
             to=to, kind="image", text=caption, data=content, mimetype=mimetype, filename=filename
         ),
         trace_id,
+        idempotency_key=idempotency_key,
     )
     result = sent_body(sent, to)
     result.update({"mimetype": mimetype, "size": len(content), "previewPath": preview})

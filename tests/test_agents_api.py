@@ -545,7 +545,8 @@ async def test_media_from_url_with_size_limits_and_address_guard(
 async def test_private_message_is_forwarded_with_typing_and_reply(
     running: Running, ai: AIBackend
 ) -> None:
-    """A private text goes to the AI (Bearer, X-Request-ID, 001 payload) with typing; the reply is sent back."""
+    """A private text goes to the AI (Bearer, X-Request-ID, Idempotency-Key, 001 payload) with typing;
+    the reply is sent back."""
     await connect(running)
     inbound = sim_of(running).inject_text(
         "support-bot", CUSTOMER, "Hello assistant!", push_name="Customer"
@@ -555,6 +556,7 @@ async def test_private_message_is_forwarded_with_typing_and_reply(
     assert call.path == "/agents/support-bot/execute"
     assert call.headers["authorization"] == "Bearer API_KEY"
     assert len(call.headers["x-request-id"]) >= 8
+    assert call.headers["idempotency-key"] == inbound.id  # the WhatsApp message id
     assert call.body["message"] == "Hello assistant!"
     assert call.body["sessionId"] == f"{CUSTOMER}@c.us"
     assert call.body["metadata"]["whatsapp_name"] == "Customer"
@@ -855,3 +857,20 @@ async def test_cleanup_timer_deletes_old_previews(
         await trio.sleep(1800 + 60)  # the old interval ends, the new one (60 s) and ttl (1 h) apply
         assert await settles_to({"not-ours.png"})
         nursery.cancel_scope.cancel()
+
+
+async def test_a_retry_with_the_same_idempotency_key_is_not_sent_again(running: Running) -> None:
+    """POST /messages twice with one Idempotency-Key: one WhatsApp message, the same answer."""
+    await connect(running)
+    headers = auth() | {"Idempotency-Key": "invoice-991"}
+    body = {"to": CUSTOMER, "message": "Your invoice"}
+    first = await running.client.post("/agents/support-bot/messages", json=body, headers=headers)
+    again = await running.client.post("/agents/support-bot/messages", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json()["data"]["messageId"] == first.json()["data"]["messageId"]
+    texts = [r.text for r in sim_of(running).sent("support-bot") if r.kind == "text"]
+    assert texts == ["Your invoice"]
+    bad = await running.client.post(
+        "/agents/support-bot/messages", json=body, headers=auth() | {"Idempotency-Key": "a b"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_PAYLOAD"

@@ -235,7 +235,7 @@ async def test_a_reply_older_than_the_max_age_is_expired_not_sent(world: World) 
         await wait_for(events, lambda e: e.kind == "qr")
         world.sim.scan("bot-a", "628123450001")
         handled = await wait_for(events, lambda e: e.kind == "handled")
-    assert handled.data == {"rowId": inbound_row, "outcome": "reply_expired"}
+    assert handled.data == {"rowId": inbound_row, "id": "3AOLD", "outcome": "reply_expired"}
     assert [r for r in world.sim.sent("bot-a") if r.kind == "text"] == []
     assert await rows(world.db, "SELECT status FROM messages WHERE id = %s", reply) == [
         ("expired",)

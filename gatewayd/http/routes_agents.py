@@ -145,20 +145,33 @@ async def _authorized(request: Request) -> tuple[Gateway, Any]:
     return gateway, record
 
 
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1-255 visible ASCII characters, or absent."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise InvalidPayload("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key
+
+
 async def send_message(request: Request) -> Response:
     gateway, record = await _authorized(request)
+    key = _idempotency_key(request)
     body = await read_json(request)
-    return ok(
-        await messaging.send_text(gateway, record, body, _trace(request)), message="Message sent"
-    )
+    sent = await messaging.send_text(gateway, record, body, _trace(request), key)
+    return ok(sent, message="Message sent")
 
 
 async def send_media(request: Request) -> Response:
     gateway, record = await _authorized(request)
+    key = _idempotency_key(request)
     body = await read_json(request)
-    return ok(
-        await messaging.send_media(gateway, record, body, _trace(request)), message="Media sent"
-    )
+    sent = await messaging.send_media(gateway, record, body, _trace(request), key)
+    return ok(sent, message="Media sent")
 
 
 async def run_agent(request: Request) -> Response:

@@ -404,7 +404,7 @@ class AgentTree:
                 await wait_for_database(
                     db, lambda: outbound_store.finish(db, row.row_id, "expired", error)
                 )
-                self._publish_handled(row.reply_to, "reply_expired")
+                self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_expired")
                 return
             await handle.bucket.take()
             try:
@@ -416,15 +416,16 @@ class AgentTree:
                 return
             except GatewayError as exc:
                 log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
-                self._publish_handled(row.reply_to, "reply_failed")
+                self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_failed")
                 return
-            self._publish_handled(row.reply_to, "replied")
+            self._publish_handled(row.reply_to, row.reply_to_wa_id, "replied")
 
-    def _publish_handled(self, inbound_row: int | None, result: str) -> None:
+    def _publish_handled(
+        self, inbound_row: int | None, message_id: str | None, result: str
+    ) -> None:
         if inbound_row is not None:
-            self.sup.bus.publish(
-                BusEvent(self.handle.agent_id, "handled", {"rowId": inbound_row, "outcome": result})
-            )
+            data = {"rowId": inbound_row, "id": message_id, "outcome": result}
+            self.sup.bus.publish(BusEvent(self.handle.agent_id, "handled", data))
 
     async def _deliver(
         self, row_id: int, m: Outgoing, trace_id: str | None, *, resumable: bool
@@ -558,7 +559,7 @@ class AgentTree:
                 return
         if isinstance(decision, str):
             await wait_for_database(db, lambda: self.sup.outcomes.submit((row, decision)))
-            self._publish_handled(row, decision)
+            self._publish_handled(row, stored.message.id, decision)
             return
         await wait_for_database(
             db,
@@ -572,7 +573,7 @@ class AgentTree:
         db = self.sup.db
         log.error("gatewayd.inbound.quarantined", rowId=stored.row_id, reason=reason)
         await wait_for_database(db, lambda: messages_store.quarantine(db, stored.row_id, reason))
-        self._publish_handled(stored.row_id, f"quarantined:{reason}")
+        self._publish_handled(stored.row_id, stored.message.id, f"quarantined:{reason}")
 
 
 class _Sink:

@@ -7,7 +7,16 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from gatewayd import textsafe
 from gatewayd.store.db import Connection, Database
+
+
+def _storable(document: dict[str, Any]) -> dict[str, Any]:
+    cleaned, escaped = textsafe.clean_tree(document)
+    if escaped:
+        cleaned["$escaped"] = escaped
+    result: dict[str, Any] = cleaned
+    return result
 
 
 async def record_execution(
@@ -22,6 +31,12 @@ async def record_execution(
     trace_id: str | None = None,
     message_id: int | None = None,
 ) -> int:
+    """Record one AI call. Strings PostgreSQL refuses (NUL, lone surrogates) are stored
+    cleaned; the originals go under ``"$escaped"`` in the same document (gatewayd/textsafe.py)."""
+    request = _storable(request)
+    response = _storable(response) if response is not None else None
+    error = textsafe.clean(error) if error is not None else None
+
     def work(conn: Connection) -> int:
         row = conn.execute(
             "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status, error,"

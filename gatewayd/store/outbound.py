@@ -54,6 +54,8 @@ class OutboundRow:
     created_at: datetime
     reply_to: int | None
     trace_id: str | None
+    #: The WhatsApp id of the message this replies to.
+    reply_to_wa_id: str | None = None
 
 
 @attrs.frozen
@@ -184,13 +186,14 @@ async def queued(db: Database, agent_uuid: uuid.UUID, limit: int) -> list[Outbou
 
     def work(conn: Connection) -> list[OutboundRow]:
         rows = conn.execute(
-            "SELECT id, payload, created_at, reply_to, trace_id FROM messages"
-            " WHERE agent_id = %s AND direction = 'outbound' AND status = 'queued'"
-            " ORDER BY id LIMIT %s",
+            "SELECT o.id, o.payload, o.created_at, o.reply_to, o.trace_id, i.wa_message_id"
+            " FROM messages o LEFT JOIN messages i ON i.id = o.reply_to"
+            " WHERE o.agent_id = %s AND o.direction = 'outbound' AND o.status = 'queued'"
+            " ORDER BY o.id LIMIT %s",
             (agent_uuid, limit),
         ).fetchall()
         return [
-            OutboundRow(int(r[0]), _converter.structure(r[1], Outgoing), r[2], r[3], r[4])
+            OutboundRow(int(r[0]), _converter.structure(r[1], Outgoing), r[2], r[3], r[4], r[5])
             for r in rows
         ]
 
