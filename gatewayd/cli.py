@@ -1,4 +1,4 @@
-"""``gatewayd run | check-config | migrate``."""
+"""``gatewayd run | check-config | migrate | simnet``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from gatewayd.config import Config, effective
+from gatewayd.config import Config, check_sim_url, effective
 from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.log import configure_logging
 
@@ -29,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", type=Path, help="TOML config (default: ./gatewayd.toml if present)"
     )
-    run.add_argument("--whatsapp", choices=["neonize", "sim"], help="override whatsapp.mode")
+    run.add_argument(
+        "--whatsapp",
+        type=_whatsapp_mode,
+        metavar="{neonize,sim,sim=URL}",
+        help="override whatsapp.mode; sim=URL uses the `gatewayd simnet` at URL",
+    )
 
     check = sub.add_parser(
         "check-config", help="validate a config file and print the effective config"
@@ -42,7 +47,35 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "steps", nargs="?", type=int, help="up: target version; down: how many (default 1)"
     )
+
+    simnet = sub.add_parser("simnet", help="run the simulated WhatsApp network as its own process")
+    simnet.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 4000),
+        metavar="HOST:PORT",
+        help="address to serve /_sim/ and /_net/ on (port 0: any free port; default 127.0.0.1:4000)",
+    )
+    simnet.add_argument("--state", type=Path, help="JSON file keeping the network across restarts")
+    simnet.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     return parser
+
+
+def _whatsapp_mode(value: str) -> tuple[str, str]:
+    """``neonize`` | ``sim`` | ``sim=URL`` → (mode, sim_url)."""
+    mode, _, url = value.partition("=")
+    if value in ("neonize", "sim") or (mode == "sim" and url):
+        return mode, url
+    raise argparse.ArgumentTypeError("expected neonize, sim or sim=URL")
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:4000")
+    return host.strip("[]"), int(port)
 
 
 def _load(path: Path | None) -> tuple[Config, Path | None]:
@@ -113,7 +146,13 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         return 2
     config, path = loaded
     if args.whatsapp:
-        config = attrs.evolve(config, whatsapp=attrs.evolve(config.whatsapp, mode=args.whatsapp))
+        mode, sim_url = args.whatsapp
+        whatsapp = attrs.evolve(config.whatsapp, mode=mode, sim_url=sim_url)
+        errors = check_sim_url(whatsapp)
+        if errors:
+            _print_errors(errors)
+            return 2
+        config = attrs.evolve(config, whatsapp=whatsapp)
     if config.whatsapp.mode == "sim":
         configure_logging(config.log.level, config.log.format)
         return _run_trio(lambda: run_gateway(config, config_path=path))
@@ -154,6 +193,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return _run_trio(main)
 
 
+def cmd_simnet(args: argparse.Namespace) -> int:
+    from gatewayd.whatsapp.simnet.server import run_simnet
+
+    configure_logging(args.log_level, os.environ.get("GATEWAYD_LOG_FORMAT", "auto"))
+    host, port = args.listen
+    return _run_trio(lambda: run_simnet(host, port, args.state))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
@@ -162,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args, argv)
     if args.command == "migrate":
         return cmd_migrate(args)
+    if args.command == "simnet":
+        return cmd_simnet(args)
     raise AssertionError(args.command)
 
 

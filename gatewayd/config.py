@@ -89,6 +89,9 @@ class WhatsAppConfig:
     device_dir: str = attrs.field(default="./data/devices", metadata=_restart())
     #: Country code put in front of a number written with a leading 0.
     default_country_code: str = attrs.field(default="62", metadata=_live())
+    #: sim mode only: the URL of a ``gatewayd simnet`` (``http://127.0.0.1:4000``) whose
+    #: network outlives the daemon; empty: the network lives in the daemon's memory.
+    sim_url: str = attrs.field(default="", metadata=_restart())
 
 
 @attrs.frozen
@@ -284,6 +287,16 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def check_sim_url(whatsapp: WhatsAppConfig) -> list[str]:
+    """What is wrong with ``whatsapp.sim_url`` (also checked for ``run --whatsapp sim=URL``)."""
+    url = whatsapp.sim_url
+    if not url:
+        return []
+    if not re.fullmatch(r"https?://[^/\s?#@]+/?", url):
+        return [f"whatsapp.sim_url: {url!r} is not a base URL like http://127.0.0.1:4000"]
+    return []  # used in sim mode only; ignored otherwise, so one key never needs another
+
+
 def _check_values(config: Config) -> Iterator[str]:
     """Range and format rules the types cannot express."""
     s, d = config.server, config.database
@@ -320,6 +333,7 @@ def _check_values(config: Config) -> Iterator[str]:
         yield f"agents.forward_max_attempts: expected >= 1, got {a.forward_max_attempts}"
     if not re.fullmatch(r"[1-9][0-9]{0,3}", config.whatsapp.default_country_code):
         yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
+    yield from check_sim_url(config.whatsapp)
 
 
 # ---------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def test_every_key_has_an_environment_name() -> None:
                 "whatsapp.default_country_code": "44",
                 "database.pool_min": "2",
                 "forwarding.developer_number": "6281234567890",
+                "whatsapp.sim_url": "http://127.0.0.1:4000",
             }
             sample = special.get(f"{section.name}.{field.name}") or samples.get(type(default))
             if sample is None:  # other strings: any value different from the default

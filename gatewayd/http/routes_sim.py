@@ -1,32 +1,90 @@
 """``/_sim/``: the control API of the simulated WhatsApp network.
 
-Mounted only with ``whatsapp.mode = "sim"`` (``gatewayd run --whatsapp sim``), so the
-real daemon can be driven end to end without a phone: scan an agent's QR, inject
+Mounted by the daemon with ``whatsapp.mode = "sim"`` and the network in process
+(``gatewayd run --whatsapp sim``), and by ``gatewayd simnet`` for a network of its own, so
+the real daemon can be driven end to end without a phone: scan an agent's QR, inject
 inbound messages, drop or log out a device, list what was sent.
+
+The routes reach the network through a ``SimHost``: the daemon's is the in-process network;
+the simnet's (``gatewayd/whatsapp/simnet/sessions.py``) also saves every change before the
+answer and lets ``inject`` wait until the daemon acknowledged the message.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gatewayd.errors import Conflict, InvalidPayload
 from gatewayd.http.app import read_json
-from gatewayd.whatsapp.port import Quote
+from gatewayd.whatsapp.port import InboundMessage, Quote
 from gatewayd.whatsapp.sim import NoQrShowing, SimulatedWhatsApp
 
 if TYPE_CHECKING:
     from gatewayd.nursery.supervisor import Gateway
 
+DEFAULT_WAIT = 30.0  # seconds inject waits for the acknowledgement
+MAX_WAIT = 600.0
 
-def _sim(request: Request) -> tuple[SimulatedWhatsApp, str]:
+
+class SimHost(Protocol):
+    """Where the routes find the network, and what they do around a change."""
+
+    @property
+    def network(self) -> SimulatedWhatsApp: ...
+
+    async def changed(self) -> None:
+        """Called after a change, before answering (the simnet saves it here)."""
+        ...
+
+    def watch(self, message_id: str) -> trio.Event | None:
+        """An event set once a client acknowledged the message; None: nothing to wait for."""
+        ...
+
+    def unwatch(self, message_id: str) -> None: ...
+
+
+@attrs.frozen
+class InProcess:
+    """The daemon's own network: nothing to save, and the callback runs in this process."""
+
+    network: SimulatedWhatsApp
+
+    async def changed(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def watch(self, message_id: str) -> trio.Event | None:
+        return None
+
+    def unwatch(self, message_id: str) -> None:
+        pass
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: injected text may hold lone surrogates, which UTF-8
+    cannot encode but a ``\\ud800`` escape carries through."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
+def _host(request: Request) -> SimHost:
+    host: SimHost | None = getattr(request.app.state, "sim_host", None)
+    if host is not None:
+        return host
     gateway: Gateway = request.app.state.gateway
     assert isinstance(gateway.backend, SimulatedWhatsApp)
-    return gateway.backend, request.path_params["agent_id"]
+    return InProcess(gateway.backend)
+
+
+def _sim(request: Request) -> tuple[SimulatedWhatsApp, str]:
+    return _host(request).network, request.path_params["agent_id"]
 
 
 def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -54,10 +112,10 @@ async def qr(request: Request) -> Response:
 
 
 async def scan(request: Request) -> Response:
-    sim, agent_id = _sim(request)
+    host, agent_id = _host(request), request.path_params["agent_id"]
     body = await read_json(request)
     try:
-        paired = sim.scan(
+        paired = host.network.scan(
             agent_id,
             _str(body, "phone") or "",
             lid=_str(body, "lid", required=False),
@@ -65,12 +123,28 @@ async def scan(request: Request) -> Response:
         )
     except NoQrShowing as exc:
         raise Conflict(exc.message) from None
-    return JSONResponse({"data": attrs.asdict(paired)})
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
+    await host.changed()
+    return AsciiJSONResponse({"data": attrs.asdict(paired)})
 
 
-async def inject(request: Request) -> Response:
-    sim, agent_id = _sim(request)
-    body = await read_json(request)
+def _wait_seconds(body: dict[str, Any]) -> float | None:
+    """None: answer without waiting for the acknowledgement (``"wait": false``)."""
+    wait = body.get("wait", True)
+    if not isinstance(wait, bool):
+        raise InvalidPayload("'wait' must be true or false")
+    seconds = body.get("waitSeconds", DEFAULT_WAIT)
+    if (
+        not isinstance(seconds, (int, float))
+        or isinstance(seconds, bool)
+        or not 0 < seconds <= MAX_WAIT
+    ):
+        raise InvalidPayload(f"'waitSeconds' must be a number in (0, {MAX_WAIT:g}]")
+    return float(seconds) if wait else None
+
+
+def _inject_one(sim: SimulatedWhatsApp, agent_id: str, body: dict[str, Any]) -> InboundMessage:
     kind = body.get("kind", "text")
     sender = _str(body, "from") or ""
     text = _str(body, "text", required=False)
@@ -84,7 +158,7 @@ async def inject(request: Request) -> Response:
             text=_str(q, "text", required=False),
         )
     if kind == "text":
-        message = sim.inject_text(
+        return sim.inject_text(
             agent_id,
             sender,
             text or "",
@@ -95,8 +169,8 @@ async def inject(request: Request) -> Response:
             sender_lid=_str(body, "senderLid", required=False),
             lid_addressing=bool(body.get("lidAddressing", False)),
         )
-    elif kind in ("image", "document", "audio", "video"):
-        message = sim.inject_media(
+    if kind in ("image", "document", "audio", "video"):
+        return sim.inject_media(
             agent_id,
             kind,
             sender,
@@ -106,19 +180,49 @@ async def inject(request: Request) -> Response:
             quote=quote,
             push_name=_str(body, "pushName", required=False),
         )
-    elif kind == "status":
-        message = sim.inject_status(agent_id, sender, text or "")
-    elif kind == "newsletter":
-        message = sim.inject_newsletter(agent_id, sender, text or "")
-    else:
-        raise InvalidPayload(
-            "kind must be text, image, document, audio, video, status or newsletter"
-        )
-    return JSONResponse({"data": attrs.asdict(message)})
+    if kind == "status":
+        return sim.inject_status(agent_id, sender, text or "")
+    if kind == "newsletter":
+        return sim.inject_newsletter(agent_id, sender, text or "")
+    raise InvalidPayload("kind must be text, image, document, audio, video, status or newsletter")
+
+
+async def inject(request: Request) -> Response:
+    """Deliver a message to the agent. With a simnet, answer 200 once the daemon acknowledged
+    it (its callback returned), 504 when that took over ``waitSeconds`` (the message stays
+    queued), or 202 at once with ``"wait": false``."""
+    host, agent_id = _host(request), request.path_params["agent_id"]
+    body = await read_json(request)
+    wait = _wait_seconds(body)
+    try:
+        message = _inject_one(host.network, agent_id, body)
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
+    # Watched before the first checkpoint: the acknowledgement cannot come earlier.
+    acked = host.watch(message.id) if wait is not None else None
+    try:
+        await host.changed()
+        data = {"data": attrs.asdict(message)}
+        if wait is None:
+            return AsciiJSONResponse(data, status_code=202)
+        if acked is not None:
+            with trio.move_on_after(wait):
+                await acked.wait()
+            if not acked.is_set():
+                error = {
+                    "code": "NOT_ACKNOWLEDGED",
+                    "message": f"the agent did not acknowledge message {message.id} within "
+                    f"{wait:g} s; it stays queued",
+                }
+                return AsciiJSONResponse({"error": error, **data}, status_code=504)
+        return AsciiJSONResponse(data)
+    finally:
+        host.unwatch(message.id)
 
 
 async def control(request: Request) -> Response:
-    sim, agent_id = _sim(request)
+    host, agent_id = _host(request), request.path_params["agent_id"]
+    sim = host.network
     action = request.path_params["action"]
     body = await read_json(request) if int(request.headers.get("content-length") or 0) else {}
     if action == "drop":
@@ -136,23 +240,27 @@ async def control(request: Request) -> Response:
         event = sim.outdated(agent_id)
     else:
         raise InvalidPayload("action must be drop, logout, ban, replace or outdated")
+    await host.changed()
     return JSONResponse({"data": {"event": event.kind}})
 
 
 async def sent(request: Request) -> Response:
     sim, agent_id = _sim(request)
-    return JSONResponse({"data": [attrs.asdict(record) for record in sim.sent(agent_id)]})
+    return AsciiJSONResponse({"data": [attrs.asdict(record) for record in sim.sent(agent_id)]})
 
 
 async def contact(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
-    assert isinstance(gateway.backend, SimulatedWhatsApp)
+    host = _host(request)
     body = await read_json(request)
-    pn, lid = gateway.backend.add_contact(
-        _str(body, "phone") or "",
-        lid=_str(body, "lid", required=False),
-        push_name=_str(body, "pushName", required=False),
-    )
+    try:
+        pn, lid = host.network.add_contact(
+            _str(body, "phone") or "",
+            lid=_str(body, "lid", required=False),
+            push_name=_str(body, "pushName", required=False),
+        )
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
+    await host.changed()
     return JSONResponse({"data": {"jid": pn, "lid": lid}})
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import attrs
@@ -50,9 +50,24 @@ from gatewayd.whatsapp.port import (
     StreamReplaced,
     TemporaryBan,
 )
-from gatewayd.whatsapp.sim_client import QR_SCHEDULE, SentRecord, SimulatedClient, _non_ad
+from gatewayd.whatsapp.sim_client import (
+    QR_SCHEDULE,
+    AgentState,
+    SentRecord,
+    SimulatedClient,
+    _non_ad,
+)
 
-__all__ = ["QR_SCHEDULE", "NoQrShowing", "SentRecord", "SimulatedClient", "SimulatedWhatsApp"]
+__all__ = [
+    "QR_SCHEDULE",
+    "AgentState",
+    "BanState",
+    "NetworkState",
+    "NoQrShowing",
+    "SentRecord",
+    "SimulatedClient",
+    "SimulatedWhatsApp",
+]
 
 QR_PREFIX = "https://wa.me/settings/linked_devices#"
 CLIENT_TYPE = 6  # DeviceProps.platformType neonize sends by default (SAFARI)
@@ -77,6 +92,28 @@ class NoQrShowing(WhatsAppError):
 class _Ban:
     code: str
     until: float
+
+
+@attrs.frozen
+class BanState:
+    """A ban as saved: its code and when it ends, in Unix seconds (virtual time restarts)."""
+
+    code: str
+    until_unix: float
+
+
+@attrs.frozen(kw_only=True)
+class NetworkState:
+    """Everything ``gatewayd simnet --state`` keeps across restarts: devices (credentials),
+    contacts, LIDs, groups, bans and each agent's undelivered events and sent log."""
+
+    devices: tuple[Paired, ...] = ()
+    bans: dict[str, BanState] = attrs.Factory(dict)
+    device_numbers: dict[str, int] = attrs.Factory(dict)
+    lids: dict[str, str] = attrs.Factory(dict)  # PN JID -> LID JID
+    push_names: dict[str, str] = attrs.Factory(dict)
+    groups: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+    agents: tuple[AgentState, ...] = ()
 
 
 class SimulatedWhatsApp:
@@ -121,6 +158,41 @@ class SimulatedWhatsApp:
         await trio.lowlevel.checkpoint()
         self._devices.pop(device_jid, None)
         self._bans.pop(device_jid, None)
+
+    # ------------------------------------------------------------------ saved state
+
+    def snapshot(
+        self, unacked: Mapping[str, Sequence[MessageReceived | Receipt]] | None = None
+    ) -> NetworkState:
+        """The durable state; ``unacked`` (by agent) are events a remote client holds but has
+        not acknowledged, kept ahead of that agent's queue."""
+        unacked = unacked or {}
+        offset = time.time() - trio.current_time()
+        return NetworkState(
+            devices=tuple(self._devices.values()),
+            bans={d: BanState(b.code, b.until + offset) for d, b in self._bans.items()},
+            device_numbers=dict(self._device_numbers),
+            lids=dict(self._lid_of),
+            push_names=dict(self._push_names),
+            groups=dict(self._groups),
+            agents=tuple(
+                client.state(unacked.get(agent_id, ()))
+                for agent_id, client in self._clients.items()
+            ),
+        )
+
+    def restore(self, state: NetworkState) -> None:
+        """Load a saved state into this (fresh) network."""
+        offset = time.time() - trio.current_time()
+        self._devices = {paired.device_jid: paired for paired in state.devices}
+        self._bans = {d: _Ban(b.code, b.until_unix - offset) for d, b in state.bans.items()}
+        self._device_numbers = dict(state.device_numbers)
+        self._lid_of = dict(state.lids)
+        self._pn_of = {lid: pn for pn, lid in state.lids.items()}
+        self._push_names = dict(state.push_names)
+        self._groups = dict(state.groups)
+        for agent in state.agents:
+            self.client(agent.agent_id).restore(agent)
 
     # ------------------------------------------------------------------ contacts and groups
 

@@ -75,6 +75,20 @@ class SentRecord:
     message_ids: tuple[str, ...] = ()
 
 
+@attrs.frozen(kw_only=True)
+class AgentState:
+    """What the network keeps about one agent across restarts (``gatewayd simnet --state``).
+
+    ``pending`` holds the inbound events not yet acknowledged by the agent's client, oldest
+    first: they are delivered when it next connects.
+    """
+
+    agent_id: str
+    account: Paired | None = None
+    pending: tuple[MessageReceived | Receipt, ...] = ()
+    sent: tuple[SentRecord, ...] = ()
+
+
 @attrs.define(eq=False)
 class _Pairing:
     """A pairing in progress: the QR showing now and, once decided, how it ended."""
@@ -125,6 +139,38 @@ class SimulatedClient:
         """True while connected: after ``Connected``, before a drop or the end."""
         conn = self._conn
         return conn is not None and conn.end is None and conn.offline_until is None
+
+    # ------------------------------------------------------------------ state (simnet)
+
+    def state(self, unacked: Sequence[MessageReceived | Receipt] = ()) -> AgentState:
+        """This agent's durable state; ``unacked`` were handed to a remote client that has
+        not acknowledged them yet, so they come first."""
+        queued = [] if self._conn is None else list(self._conn.queue)
+        pending = [*unacked, *queued, *self._pending]
+        return AgentState(
+            agent_id=self._agent_id,
+            account=self.account,
+            pending=tuple(e for e in pending if isinstance(e, MessageReceived | Receipt)),
+            sent=tuple(self._sent),
+        )
+
+    def restore(self, state: AgentState) -> None:
+        """Take back a saved state (on a network that has not run this agent yet)."""
+        self.account = state.account
+        self._pending = list(state.pending)
+        self._sent = list(state.sent)
+
+    def requeue(self, events: Sequence[MessageReceived | Receipt]) -> None:
+        """Events a remote client never acknowledged: deliver them again, before anything
+        newer (as WhatsApp redelivers unacknowledged messages on the next connection)."""
+        if self.account is None or not events:
+            return  # logged out: the phone's messages for this device are gone with it
+        if self.connected:
+            assert self._conn is not None
+            for event in events:
+                self._conn.push(event)
+        else:
+            self._pending[:0] = events
 
     # ------------------------------------------------------------------ pairing
 
