@@ -8,8 +8,10 @@ import json
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 import trio
+import trio.testing
 
 from gatewayd.errors import IdempotencyConflict
 from gatewayd.nursery.agent import AgentHandle
@@ -88,6 +90,55 @@ async def test_concurrent_messages_share_transactions(
     assert len(set(ids)) == 200 and None not in ids
     assert writer.committed == 200 and writer.batches < 50
     assert await rows(database, "SELECT count(*) FROM messages") == [(200,)]
+
+
+async def test_a_stopping_writer_commits_what_it_was_handed(
+    database: Database, agent_uuid: uuid.UUID, pg_dsn: str
+) -> None:
+    """Cancelled with messages queued (already acknowledged upstream), the writer commits them."""
+    writer = InboundWriter(database, lambda _a, _s: None)
+    ids: list[int | None] = []
+
+    async def callback(n: int) -> None:
+        ids.append(await writer.persist(agent_uuid, inbound(f"m{n}")))
+
+    # Another session holds the table, so the writer's first commit waits while more queue up.
+    blocker = await trio.to_thread.run_sync(psycopg.connect, pg_dsn)
+    await trio.to_thread.run_sync(blocker.execute, "LOCK TABLE messages IN EXCLUSIVE MODE")
+    async with trio.open_nursery() as outer:
+        scope = trio.CancelScope()
+
+        async def run_writer(*, task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await writer.run(task_status=task_status)
+
+        await outer.start(run_writer)
+        with trio.fail_after(30):  # without the drain the queued callbacks would wait forever
+            await stop_with_queued(
+                callbacks_of=callback, scope=scope, blocker=blocker, writer=writer
+            )
+    await trio.to_thread.run_sync(blocker.close)
+    assert len(ids) == 50 and None not in ids
+    assert await rows(database, "SELECT count(*) FROM messages") == [(50,)]
+
+
+async def stop_with_queued(
+    *,
+    callbacks_of: Any,
+    scope: trio.CancelScope,
+    blocker: psycopg.Connection[Any],
+    writer: InboundWriter,
+) -> None:
+    """Queue 49 messages behind a blocked commit, cancel the writer, then unblock it."""
+    async with trio.open_nursery() as callbacks:
+        callbacks.start_soon(callbacks_of, 0)
+        await trio.testing.wait_all_tasks_blocked()  # the first commit waits for the lock
+        for n in range(1, 50):
+            callbacks.start_soon(callbacks_of, n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.queued() == 49
+        scope.cancel()
+        await trio.to_thread.run_sync(blocker.rollback)
 
 
 async def test_nul_and_lone_surrogates_are_stored_cleaned_with_the_original_kept(

@@ -34,6 +34,9 @@ __all__ = ["InboundWriter", "sanitize_inbound"]
 
 log = structlog.get_logger()
 
+#: Seconds a stopping writer keeps committing what it was handed.
+DRAIN_TIMEOUT = 5.0
+
 #: Called (in the writer task) for every newly stored message, in commit order.
 Deliver = Callable[[uuid.UUID, StoredInbound], None]
 
@@ -82,14 +85,31 @@ class InboundWriter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        while True:
-            batch = [await self._receive.receive()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self._commit(batch)
+        try:
+            while True:
+                batch = [await self._receive.receive()]
+                await self._commit(self._fill(batch))
+        finally:
+            # Shutting down: what was handed to us may already be acknowledged upstream
+            # (whatsmeow acks before we see it), so commit it before going, boundedly.
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + DRAIN_TIMEOUT
+                while (batch := self._fill([])) and not scope.cancel_called:
+                    await self._commit(batch)
+                if scope.cancelled_caught:
+                    log.error("gatewayd.inbound.drain_timeout", left=self.queued())
+
+    def _fill(self, batch: list[_Pending]) -> list[_Pending]:
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
+
+    def queued(self) -> int:
+        """Messages waiting for the next commit."""
+        return self._receive.statistics().current_buffer_used
 
     async def _commit(self, batch: list[_Pending]) -> None:
         items = [p.item for p in batch]
