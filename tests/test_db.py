@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 import trio
 
 from gatewayd.errors import Conflict, StoreError, StoreUnavailable
@@ -59,19 +60,26 @@ async def test_unique_violation_maps_to_conflict(database: Database) -> None:
         "constraint": "agents_agent_id_key",
         "table": "agents",
     }
-    assert "bot-1" not in info.value.message  # row values stay out of the message
+    assert info.value.message == "the change conflicts with existing data"
 
 
 async def test_other_database_errors_map_to_store_error(database: Database) -> None:
-    """SQL errors that are neither conflicts nor outages become a plain StoreError."""
+    """SQL errors that are neither conflicts nor outages become a StoreError in our words."""
 
     def broken(conn: Connection) -> None:
         conn.execute("SELEC 1")
 
-    with pytest.raises(StoreError) as info:
+    with structlog.testing.capture_logs() as logs, pytest.raises(StoreError) as info:
         await database.run(broken)
     assert type(info.value) is StoreError
     assert isinstance(info.value.__cause__, psycopg.errors.SyntaxError)
+    assert info.value.message == "the database could not complete the operation"
+    assert info.value.details == {"sqlstate": "42601", "constraint": None, "table": None}
+    # PostgreSQL's wording goes to the log and the traceback (a note) only.
+    assert [e["error"] for e in logs if e["event"] == "gatewayd.db.failed"] == [
+        'syntax error at or near "SELEC"'
+    ]
+    assert info.value.__notes__ == ['PostgreSQL: syntax error at or near "SELEC"']
 
 
 def test_map_exceptions_maps_connection_failures_to_unavailable() -> None:
@@ -79,6 +87,7 @@ def test_map_exceptions_maps_connection_failures_to_unavailable() -> None:
     with pytest.raises(StoreUnavailable) as info, map_exceptions():
         psycopg.connect("host=127.0.0.1 port=1 user=x dbname=x connect_timeout=2")
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert info.value.message == "the database is unavailable" and info.value.details is None
 
 
 async def test_run_autocommit_leaves_no_autocommit_behind(pg_dsn: str) -> None:

@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,13 @@ import structlog
 import trio
 
 from gatewayd.errors import StoreUnavailable
-from gatewayd.store.embedded import EmbeddedPostgres, open_embedded_postgres
+from gatewayd.store.embedded import (
+    SYSTEM_USER,
+    EmbeddedPostgres,
+    find_postgres_bin,
+    open_embedded_postgres,
+)
+from gatewayd.store.embedded_os import choose_run_as, run_program
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,25 +92,104 @@ def test_refuses_second_start_on_running_data_dir(tmp_path: Path) -> None:
         first.stop()
 
 
-def test_refuses_server_left_running_by_a_dead_process(tmp_path: Path) -> None:
-    """A server orphaned by a process that exited without stopping it is not started over."""
-    script = (
-        "import os, sys; from pathlib import Path\n"
-        "from gatewayd.store.embedded import EmbeddedPostgres\n"
-        "EmbeddedPostgres(Path(sys.argv[1])).start(); os._exit(0)\n"
+def _run_pg_ctl_start(data_dir: Path, port: int) -> None:
+    """Start the cluster the way gatewayd used to: daemonized by pg_ctl, no parent-death signal."""
+    pgdata = data_dir / "pg"
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+    run_program(
+        find_postgres_bin() / "pg_ctl",
+        ["start", "-D", str(pgdata), "-w", "-l", str(pgdata / "pg_ctl.log"), "-o", options],
+        run_as=choose_run_as(pgdata, SYSTEM_USER),
+        timeout=60,
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env)
-    orphan = _postmaster_pid(tmp_path)
-    try:
-        with pytest.raises(StoreUnavailable, match=f"pid {orphan}.*already running"):
-            EmbeddedPostgres(tmp_path).start()
-    finally:
-        os.kill(orphan, signal.SIGINT)  # fast shutdown
-        _wait_gone(orphan)
+
+
+def test_stops_a_server_left_running_on_the_data_dir(tmp_path: Path) -> None:
+    """A postmaster left running on the data dir by a process that is gone is stopped, not refused."""
+    first = EmbeddedPostgres(tmp_path)
+    with psycopg.connect(first.start()) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+    port = first.port
+    first.stop()
+    _run_pg_ctl_start(tmp_path, port)
+    leftover = _postmaster_pid(tmp_path)
+
     server = EmbeddedPostgres(tmp_path)
-    server.start()
-    server.stop()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            dsn = server.start()
+        _wait_gone(leftover)
+        assert server.pid != leftover
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+    finally:
+        server.stop()
+    stopped = [e for e in logs if e["event"] == "gatewayd.db.embedded.leftover_stopped"]
+    assert [e["pid"] for e in stopped] == [leftover]
+
+
+_DAEMON = """
+import sys, trio
+from pathlib import Path
+from gatewayd.store.embedded import open_embedded_postgres
+
+async def main() -> None:
+    async with open_embedded_postgres(Path(sys.argv[1])) as server:
+        print("POSTMASTER", server.pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def _start_daemon_like(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
+    """A child that runs the embedded server from Trio; returns it and the postmaster pid."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _DAEMON, str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith("POSTMASTER "):
+            return child, int(line.split()[1])
+    child.wait()
+    raise AssertionError(f"the child exited with {child.returncode} before the server ran")
+
+
+def test_server_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    """kill -9 of the process running the server stops the postmaster, and the next start works."""
+    child, postmaster = _start_daemon_like(tmp_path)
+    # As root the server runs as gatewayd-postgres: the parent-death signal survived
+    # the change of user.
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()  # type: ignore[union-attr]
+    _wait_gone(postmaster)
+
+    server = EmbeddedPostgres(tmp_path)
+    try:
+        with psycopg.connect(server.start()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+
+
+def test_server_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
+    """A server started from a short-lived thread keeps running after that thread exits."""
+    server = EmbeddedPostgres(tmp_path)
+    thread = threading.Thread(target=server.start)
+    thread.start()
+    thread.join()
+    try:
+        # The parent-death signal follows the thread that forked; were it this one,
+        # the server would be shutting down by now.
+        time.sleep(0.5)
+        assert server.running
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
 
 
 def test_starts_after_the_server_was_killed(tmp_path: Path) -> None:

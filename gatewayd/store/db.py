@@ -10,11 +10,15 @@ Store modules pass a plain function ``fn(conn, *args)`` to :meth:`Database.run`;
 runs in a thread, inside a transaction, and whatever it returns comes back. psycopg's
 exceptions are translated by :func:`map_exceptions` at this edge, so nothing above
 ``gatewayd.store`` sees psycopg.
+
+A circuit breaker makes an outage cheap for callers: once the server is found
+unreachable, calls fail at once with StoreUnavailable until a probe reconnects, and
+:meth:`Database.wait_available` lets background work wait for that moment instead of
+failing (see :mod:`gatewayd.store.pool` for the pool generations it swaps).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar, TypeVarTuple
@@ -24,16 +28,19 @@ import psycopg
 import psycopg.conninfo
 import structlog
 import trio
-from psycopg.rows import TupleRow
-from psycopg_pool import ConnectionPool
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from gatewayd.errors import Conflict, StoreError, StoreUnavailable
+from gatewayd.store.pool import Connection, Pool, PoolSpec, borrow
+from gatewayd.store.pool import error_message as _message
 
 __all__ = [
     "Connection",
     "Database",
     "DatabaseStatistics",
+    "UNAVAILABLE",
     "describe_dsn",
+    "is_outage",
     "map_exceptions",
     "open_database",
 ]
@@ -43,37 +50,55 @@ logger = structlog.get_logger()
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-Connection = psycopg.Connection[TupleRow]
-"""What a function passed to :meth:`Database.run` receives."""
+_PROBE_INTERVAL = 0.25  # while the breaker is open: how often to try the server
 
-# Detect a dead peer (a VPS whose database host vanished) in about a minute instead of
-# the kernel's two hours; only applied where the DSN does not say otherwise.
-_CONNECTION_DEFAULTS: dict[str, str | int] = {
-    "application_name": "gatewayd",
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
+#: What callers (and HTTP clients) are told; PostgreSQL's own wording goes to the log.
+UNAVAILABLE = "the database is unavailable"
+_FAILED = "the database could not complete the operation"
+_CONFLICT = "the change conflicts with existing data"
 
 
 @contextmanager
 def map_exceptions() -> Iterator[None]:
-    """Translate psycopg (and pool) exceptions into the project's store errors."""
+    """Translate psycopg (and pool) exceptions into the project's store errors.
+
+    The messages are ours, since HTTP renders them and PostgreSQL's text may quote
+    stored values; its primary message is logged, and attached as an exception note
+    (shown in tracebacks, never in ``.message``). Conflict and StoreError keep the
+    SQLSTATE, constraint and table names as details.
+    """
     try:
         yield
     except psycopg.IntegrityError as exc:  # unique, foreign key, check, not-null
-        raise Conflict(_message(exc), details=_details(exc)) from exc
+        logger.info("gatewayd.db.conflict", error=_message(exc), **_details(exc))
+        raise _noted(Conflict(_CONFLICT, details=_details(exc)), exc) from exc
     except psycopg.OperationalError as exc:  # includes PoolTimeout and PoolClosed
-        raise StoreUnavailable(_message(exc), details=_details(exc)) from exc
+        logger.warning("gatewayd.db.unavailable", error=_message(exc), sqlstate=exc.sqlstate)
+        raise _noted(StoreUnavailable(UNAVAILABLE), exc) from exc
     except psycopg.Error as exc:
-        raise StoreError(_message(exc), details=_details(exc)) from exc
+        logger.error("gatewayd.db.failed", error=_message(exc), **_details(exc))
+        raise _noted(StoreError(_FAILED, details=_details(exc)), exc) from exc
 
 
-def _message(exc: psycopg.Error) -> str:
-    # The primary message only: the DETAIL line may quote row values.
-    primary = exc.diag.message_primary if isinstance(exc, psycopg.DatabaseError) else None
-    return primary or str(exc).strip().split("\n", 1)[0] or type(exc).__name__
+def _noted(error: StoreError, exc: psycopg.Error) -> StoreError:
+    error.add_note(f"PostgreSQL: {_message(exc)}")
+    return error
+
+
+def is_outage(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (a psycopg error) means the server cannot be reached.
+
+    Connection failures and lost connections (no SQLSTATE, class 08), the server
+    shutting down or starting up (57P01-57P03), and a pool that could not hand out
+    a connection. Deadlocks, lock and statement timeouts are OperationalErrors too,
+    but the server is there: they do not open the breaker.
+    """
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _details(exc: psycopg.Error) -> dict[str, str | None]:
@@ -105,12 +130,35 @@ class DatabaseStatistics:
 
 
 class Database:
-    """A connection pool usable from Trio. Obtain one with :func:`open_database`."""
+    """A connection pool usable from Trio, with a circuit breaker. Use :func:`open_database`.
 
-    def __init__(self, pool: ConnectionPool[Connection], dsn: str, max_size: int) -> None:
-        self._pool = pool
+    When a call finds the server unreachable the breaker opens: until the probe
+    (a task of :func:`open_database`) connects again, calls fail at once with
+    StoreUnavailable instead of each waiting for the pool, and :meth:`ping` is False.
+    On recovery the pool is replaced by a fresh one, so nobody waits out
+    psycopg_pool's reconnection backoff.
+    """
+
+    def __init__(
+        self,
+        first: Pool,
+        dsn: str,
+        max_size: int,
+        *,
+        timeout: float,
+        reopen: Callable[[], Pool | None],
+    ) -> None:
+        self._current = first
         self._dsn = dsn
         self._limiter = trio.CapacityLimiter(max_size)
+        self._timeout = timeout
+        self._reopen = reopen
+        self._available = True
+        self._down_since = 0.0
+        self._back = trio.Event()  # set when the breaker closes again
+        self._back.set()
+        self._tripped = trio.Event()  # wakes the probe
+        self._retired: list[Pool] = []  # replaced pools not closed yet
 
     def __repr__(self) -> str:
         return f"Database({describe_dsn(self._dsn)})"  # the DSN may hold a password
@@ -125,50 +173,85 @@ class Database:
         """Bounds the worker threads using the pool to the pool's size."""
         return self._limiter
 
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (the server was found unreachable)."""
+        return self._available
+
+    async def wait_available(self) -> None:
+        """Return once the breaker is closed: at once when it is, else on recovery."""
+        while not self._available:
+            await self._back.wait()
+
     async def run(self, fn: Callable[[Connection, *Ts], T], *args: *Ts) -> T:
         """Run ``fn(conn, *args)`` in a worker thread inside one transaction.
 
         Committed when ``fn`` returns, rolled back when it raises. Cancellation waits
-        for ``fn`` to finish: a transaction is never abandoned halfway.
+        for ``fn`` to finish: a transaction is never abandoned halfway. Raises
+        StoreUnavailable at once while the breaker is open.
         """
 
-        def work() -> T:
-            with map_exceptions(), self._pool.connection() as conn, conn.transaction():
+        def work(pooled: Pool) -> T:
+            with map_exceptions(), borrow(pooled, self._timeout) as conn, conn.transaction():
                 return fn(conn, *args)
 
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        return await self._call(work)
 
     async def run_autocommit(self, fn: Callable[[Connection, *Ts], T], *args: *Ts) -> T:
         """Run ``fn(conn, *args)`` in a worker thread on a connection in autocommit mode.
 
         For work that manages its own transactions or needs session state across them
         (migrations under an advisory lock, leases). ``fn`` must leave no session state
-        behind: the connection goes back to the pool.
+        behind: the connection goes back to the pool. The breaker applies as to
+        :meth:`run`.
         """
 
-        def work() -> T:
-            with map_exceptions(), self._pool.connection() as conn:
+        def work(pooled: Pool) -> T:
+            with map_exceptions(), borrow(pooled, self._timeout) as conn:
                 conn.autocommit = True  # the pool's reset callback turns it off again
                 return fn(conn, *args)
 
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        return await self._call(work)
+
+    async def _call(self, work: Callable[[Pool], T]) -> T:
+        if not self._available:
+            raise StoreUnavailable(UNAVAILABLE)
+        used: list[Pool] = []
+
+        def in_thread() -> T:
+            pooled = self._current  # the pool of now, not of when the call queued
+            used.append(pooled)
+            if not self._available:  # the breaker opened while we waited for a thread
+                raise StoreUnavailable(UNAVAILABLE)
+            return work(pooled)
+
+        try:
+            return await trio.to_thread.run_sync(in_thread, limiter=self._limiter)
+        except StoreUnavailable as exc:
+            if used and is_outage(exc.__cause__):
+                self._trip(used[0])
+            raise
 
     # The timeout is a parameter (not the caller's cancel scope) because the worker
     # thread needs it too: it bounds the wait for a pool connection.
     async def ping(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """True if ``SELECT 1`` succeeds within ``timeout`` seconds.
+        """True if ``SELECT 1`` succeeds within ``timeout`` s; False at once while the
+        breaker is open.
 
         A hung database never hangs the caller: on timeout the worker thread is
         abandoned (it finishes, and frees its thread slot, whenever the database
         answers or the connection dies).
         """
+        if not self._available:
+            return False
+        pooled = self._current
 
-        def work() -> str | None:
+        def work() -> psycopg.Error | None:
             try:
-                with self._pool.connection(timeout=timeout) as conn:
+                with borrow(pooled, timeout) as conn:
                     conn.execute("SELECT 1")
             except psycopg.Error as exc:
-                return _message(exc)
+                return exc
             return None
 
         with trio.move_on_after(timeout):
@@ -177,14 +260,16 @@ class Database:
             )
             if error is None:
                 return True
-            logger.warning("gatewayd.db.ping_failed", error=error)
+            logger.warning("gatewayd.db.ping_failed", error=_message(error))
+            if is_outage(error):
+                self._trip(pooled)
             return False
         logger.warning("gatewayd.db.ping_timeout", timeout=timeout)
         return False
 
     def statistics(self) -> DatabaseStatistics:
         """Current pool and thread usage (cheap; safe to call from Trio)."""
-        stats = self._pool.get_stats()
+        stats = self._current.pool.get_stats()
         return DatabaseStatistics(
             pool_size=stats.get("pool_size", 0),
             pool_available=stats.get("pool_available", 0),
@@ -193,10 +278,47 @@ class Database:
             threads_max=int(self._limiter.total_tokens),
         )
 
+    # -- the breaker -----------------------------------------------------------------
 
-def _reset(conn: Connection) -> None:
-    # Called by the pool on every returned connection, in idle state.
-    conn.autocommit = False
+    def _trip(self, pooled: Pool) -> None:
+        if pooled is not self._current or not self._available:
+            return  # a replaced pool's failure, or already open
+        self._available = False
+        self._down_since = trio.current_time()
+        self._back = trio.Event()
+        self._tripped.set()
+        logger.error("gatewayd.db.down", error=pooled.health.error or None)
+
+    async def _probe(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """While the breaker is open, try the server every _PROBE_INTERVAL; close it."""
+        task_status.started()
+        async with trio.open_nursery() as closers:
+            while True:
+                await self._tripped.wait()
+                # Not abandoned on cancel: a pool it opens must be seen and closed.
+                fresh = await trio.to_thread.run_sync(self._reopen)
+                if fresh is None:
+                    await trio.sleep(_PROBE_INTERVAL)
+                    continue
+                old, self._current = self._current, fresh
+                self._retired.append(old)
+                self._tripped = trio.Event()
+                self._available = True
+                self._back.set()
+                down_for = trio.current_time() - self._down_since
+                logger.warning("gatewayd.db.up", down_for=round(down_for, 3))
+                closers.start_soon(self._close_retired, old)
+
+    async def _close_retired(self, pooled: Pool) -> None:
+        # Connections still lent out are closed when they come back.
+        await trio.to_thread.run_sync(pooled.pool.close)
+        self._retired.remove(pooled)
+
+    def _close_all(self) -> None:
+        for pooled in [*self._retired, self._current]:
+            pooled.pool.close(timeout=5.0)
 
 
 @asynccontextmanager
@@ -206,52 +328,44 @@ async def open_database(
     """Open a pool on ``dsn`` for the duration of the block.
 
     Raises StoreUnavailable if ``min_size`` connections cannot be made within
-    ``connect_timeout`` seconds. The pool is closed on exit, also when cancelled.
+    ``connect_timeout`` seconds. While the block runs, a task of its own probes the
+    server whenever the breaker is open. The pool is closed on exit, also when
+    cancelled.
     """
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    kwargs = {k: v for k, v in _CONNECTION_DEFAULTS.items() if k not in params}
-    # libpq takes whole seconds and treats anything below 2 as 2.
-    kwargs.setdefault("connect_timeout", max(2, math.ceil(connect_timeout)))
-    pool: ConnectionPool[Connection] = ConnectionPool(
-        dsn,
-        kwargs=kwargs,
-        min_size=min_size,
-        max_size=max_size,
-        open=False,
-        name="gatewayd",
-        timeout=connect_timeout,  # how long a caller waits for a connection
-        check=ConnectionPool.check_connection,  # drop connections a DB restart killed
-        reset=_reset,
+    spec = PoolSpec.for_dsn(
+        dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
     )
-
     where = describe_dsn(dsn)
 
-    def open_pool() -> None:
+    def open_first(pooled: Pool) -> None:
         try:
             with map_exceptions():
-                pool.open(wait=True, timeout=connect_timeout)
+                pooled.pool.open(wait=True, timeout=connect_timeout)
         except StoreUnavailable as exc:
             # The pool only says "initialization incomplete"; the reason (refused,
-            # bad password, ...) is in its log records.
+            # bad password, ...) is in its health record.
             raise StoreUnavailable(
                 f"cannot connect to PostgreSQL at {where.get('host', '')}:"
                 f"{where.get('port', '')}/{where.get('dbname', '')} "
-                f"within {connect_timeout:g} s",
+                f"within {connect_timeout:g} s: {pooled.health.error or 'timed out'}",
                 details=where,
             ) from exc
 
-    def close_pool() -> None:
-        pool.close(timeout=5.0)
-
-    opened = False
+    first = spec.new()
+    db: Database | None = None
     try:
-        await trio.to_thread.run_sync(open_pool)
-        opened = True
+        await trio.to_thread.run_sync(open_first, first)
         logger.info("gatewayd.db.opened", max_size=max_size, **where)
-        yield Database(pool, dsn, max_size)
+        async with trio.open_nursery() as nursery:
+            db = Database(first, dsn, max_size, timeout=connect_timeout, reopen=spec.reopen)
+            await nursery.start(db._probe)
+            try:
+                yield db
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         # Also after a failed open: the pool's background workers must stop.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(close_pool)
-        if opened:
+            await trio.to_thread.run_sync(first.pool.close if db is None else db._close_all)
+        if db is not None:
             logger.info("gatewayd.db.closed", **where)

@@ -2,9 +2,14 @@
 
 When no ``database.url`` is configured, gatewayd runs its own PostgreSQL so a fresh
 install needs no database server. The binaries are the ones bundled in the ``pgserver``
-wheel (falling back to ``pg_ctl`` on ``PATH``); we drive ``initdb`` and ``pg_ctl``
+wheel (falling back to ``pg_ctl`` on ``PATH``); we run ``initdb`` and ``postgres``
 ourselves rather than using ``pgserver.get_server``, which registers ``atexit`` hooks
 and keeps its own lock directory.
+
+The server is a child of the daemon that dies with it (see
+:mod:`gatewayd.store.postmaster`); :meth:`EmbeddedPostgres.supervise` restarts it
+when it dies on its own, and a server left running on the data directory by an
+earlier, killed daemon is stopped at start.
 
 Layout under ``data_dir``::
 
@@ -25,9 +30,8 @@ import contextlib
 import importlib.util
 import os
 import secrets
-import shlex
 import shutil
-import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -38,6 +42,7 @@ import structlog
 import trio
 
 from gatewayd.errors import StoreUnavailable
+from gatewayd.store import postmaster
 from gatewayd.store.db import map_exceptions
 from gatewayd.store.embedded_os import (
     RunAs,
@@ -46,7 +51,6 @@ from gatewayd.store.embedded_os import (
     grant_traverse,
     port_free,
     postmaster_state,
-    read_from,
     read_postmaster_pid,
     run_program,
     try_lock,
@@ -70,7 +74,11 @@ SYSTEM_USER = "gatewayd-postgres"
 HOST = "127.0.0.1"
 
 _START_TIMEOUT = 60.0
-_STOP_TIMEOUT = 60.0
+_STOP_TIMEOUT = 60.0  # for the fast shutdown; then immediate
+# Restarts after the server died: the first soon, doubling while it keeps dying.
+_RESTART_DELAY_MIN = 0.2
+_RESTART_DELAY_MAX = 5.0
+_STABLE_AFTER = 30.0  # a server that ran this long died "for the first time" again
 # Backends orphaned by a killed postmaster exit on their own within a second or two;
 # until they do, PostgreSQL refuses to start ("shared memory block still in use").
 _LEFTOVER_WAIT = 15.0
@@ -100,7 +108,8 @@ _SERVER_SETTINGS: dict[str, str] = {
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``data_dir / "pg"``, started and stopped by this object.
 
-    The API is blocking; from Trio use :func:`open_embedded_postgres`.
+    :meth:`start` and :meth:`stop` block and may be called from any thread; from Trio
+    use :func:`open_embedded_postgres`, which also runs :meth:`supervise`.
     """
 
     def __init__(self, data_dir: Path, *, port: int = 0) -> None:
@@ -114,7 +123,9 @@ class EmbeddedPostgres:
         self._run_as: RunAs | None = None
         self._lock_file: IO[bytes] | None = None
         self._started = False
-        self._pid: int | None = None
+        self._stopping = False  # set while stop() runs: supervise() must not restart
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc_started_at = 0.0
         self._port: int | None = None
         self._dsn: str | None = None
 
@@ -125,7 +136,12 @@ class EmbeddedPostgres:
     @property
     def running(self) -> bool:
         """True while the server this object started is alive."""
-        return self._started and self._postmaster_running()
+        return self._started and self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the postmaster this object started (None when stopped)."""
+        return self._proc.pid if self._started and self._proc is not None else None
 
     @property
     def port(self) -> int:
@@ -147,7 +163,9 @@ class EmbeddedPostgres:
         """Initialise the cluster if needed, start it, and return its DSN.
 
         Raises StoreUnavailable when the server cannot start, including when another
-        process already runs a server on this data directory.
+        gatewayd uses this data directory. A server of this cluster left running by
+        a process that no longer holds the data directory (a killed daemon) is
+        stopped first.
         """
         if self._started:
             return self.dsn
@@ -161,27 +179,23 @@ class EmbeddedPostgres:
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             password = self._read_password()
-            self._clear_stale_pidfile()
+            self._clear_leftover()
+            self._started = True
+            self._stopping = False
             self._start_server()
             self._dsn = f"postgresql://{ROLE}:{password}@{HOST}:{self._port}/{DATABASE}"
-            self._started = True
             self._ensure_database(password)
         except BaseException:
             self.stop()
-            self._release_lock()
             raise
         logger.info(
             "gatewayd.db.embedded.started",
             data_dir=str(self.data_dir),
             port=self._port,
-            pid=self._pid,
+            pid=self.pid,
             bin=str(self._bin),
         )
         return self._dsn
-
-    def _postmaster_running(self) -> bool:
-        pid = self._pid
-        return pid is not None and postmaster_state(pid, self.pgdata) == "running"
 
     def _acquire_lock(self) -> None:
         # The flock marks "a gatewayd owns this cluster". The kernel drops it when the
@@ -240,32 +254,40 @@ class EmbeddedPostgres:
                 f"reached; restore it, or remove {self.pgdata} to start with a new database"
             ) from None
 
-    def _clear_stale_pidfile(self) -> None:
-        """Refuse a live server on this cluster; remove the pid file of a dead one."""
+    def _clear_leftover(self) -> None:
+        """Stop a live server of this cluster; remove the pid file of a dead one."""
         pid = read_postmaster_pid(self.pgdata)
         if pid is None:
             return
         state = postmaster_state(pid, self.pgdata)
         if state == "running":
-            raise StoreUnavailable(
-                f"a PostgreSQL server (pid {pid}) is already running on {self.pgdata}; "
-                "stop it (pg_ctl stop -D ...) before starting gatewayd",
-                details={"reason": "already_running", "pid": pid},
-            )
+            # We hold the flock, so no gatewayd owns this server: it was left by a
+            # daemon killed before it could stop it (or started by hand). Its data is
+            # ours, so it is stopped, never refused.
+            logger.warning("gatewayd.db.embedded.leftover_found", pid=pid)
+            if not postmaster.stop_leftover(pid, self.pgdata):
+                raise StoreUnavailable(
+                    f"a PostgreSQL server (pid {pid}) left running on {self.pgdata} "
+                    "did not stop, even with SIGKILL",
+                    details={"reason": "leftover_running", "pid": pid},
+                )
+            logger.warning("gatewayd.db.embedded.leftover_stopped", pid=pid)
+            state = postmaster_state(pid, self.pgdata)
         # We hold the flock and the recorded pid is not a postmaster of this cluster,
         # so nothing can be using the file; left in place, PostgreSQL would refuse to
         # start when the pid is a zombie or another process of the same user.
         # (Backends orphaned by a killed postmaster are still detected by PostgreSQL
-        # through its shared memory segment; _pg_ctl_start waits for them.)
-        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
-        logger.warning("gatewayd.db.embedded.stale_pid_removed", pid=pid, state=state)
+        # through its shared memory segment; _spawn waits for them.)
+        if (self.pgdata / "postmaster.pid").exists():
+            (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+            logger.info("gatewayd.db.embedded.stale_pid_removed", pid=pid, state=state)
 
     def _start_server(self) -> None:
         attempts = 1 if self._configured_port else 3
         for attempt in range(1, attempts + 1):
             port = self._configured_port or self._pick_port()
             try:
-                self._pg_ctl_start(port)
+                self._spawn(port)
             except _PortInUse:
                 if attempt == attempts:
                     raise StoreUnavailable(
@@ -275,7 +297,6 @@ class EmbeddedPostgres:
                 # Another program took the port between our probe and postgres' bind.
                 continue
             self._port = port
-            self._pid = read_postmaster_pid(self.pgdata)
             with contextlib.suppress(OSError):
                 self._port_file.write_text(f"{port}\n")
             return
@@ -287,29 +308,39 @@ class EmbeddedPostgres:
                 return last
         return ephemeral_port(HOST)
 
-    def _pg_ctl_start(self, port: int) -> None:
-        startup_log = self.pgdata / "startup.log"  # postgres output until its log collector runs
-        offset = startup_log.stat().st_size if startup_log.exists() else 0
-        options = ["-p", str(port)]
+    def _spawn(self, port: int) -> None:
+        """Start postgres on ``port`` as our child and wait until it is ready."""
+        args = ["-D", str(self.pgdata), "-p", str(port)]
         for name, value in _SERVER_SETTINGS.items():
-            options += ["-c", f"{name}={value}"]
+            args += ["-c", f"{name}={value}"]
         deadline = time.monotonic() + _LEFTOVER_WAIT
         while True:
+            output = postmaster.ServerOutput(self.pgdata)
             try:
-                # pg_ctl hands -o to /bin/sh, hence the shell quoting.
-                args = ["-l", str(startup_log), "-o", shlex.join(options)]
-                self._pg_ctl("start", *args, timeout=_START_TIMEOUT)
-                return
-            except StoreUnavailable as exc:
-                log_tail = read_from(startup_log, offset)
-                if "could not bind" in log_tail or "Address already in use" in log_tail:
+                proc = postmaster.spawn(
+                    self._bin / "postgres", args, run_as=self._run_as, output=output.startup_log
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise StoreUnavailable(f"cannot run postgres: {exc}") from exc
+            try:
+                postmaster.wait_ready(proc, self.pgdata, output=output, timeout=_START_TIMEOUT)
+            except postmaster.Exited as exc:
+                if "could not bind" in exc.output or "Address already in use" in exc.output:
                     raise _PortInUse from exc
-                if "is still in use" in log_tail and time.monotonic() < deadline:
+                if "is still in use" in exc.output and time.monotonic() < deadline:
                     time.sleep(0.2)  # orphaned backends of a killed server are exiting
                     continue
                 raise StoreUnavailable(
-                    f"the embedded PostgreSQL did not start: {log_tail.strip()[-2000:]}"
+                    f"the embedded PostgreSQL did not start: {exc.output.strip()[-2000:]}"
                 ) from exc
+            except TimeoutError as exc:
+                raise StoreUnavailable(f"the embedded PostgreSQL did not start: {exc}") from exc
+            except BaseException:
+                postmaster.stop_child(proc, fast_timeout=0.0)  # e.g. KeyboardInterrupt
+                raise
+            self._proc = proc
+            self._proc_started_at = time.monotonic()
+            return
 
     def _ensure_database(self, password: str) -> None:
         # initdb creates only "postgres"; creating ours on every start (when missing)
@@ -326,29 +357,77 @@ class EmbeddedPostgres:
         """Stop the server if this object started it (fast shutdown); idempotent."""
         if not self._started:
             return
-        pid = self._pid
+        proc = self._proc
+        self._stopping = True
         try:
-            if pid is None or self._postmaster_running():
-                try:
-                    self._pg_ctl("stop", "-m", "fast", timeout=_STOP_TIMEOUT)
-                except StoreUnavailable:
-                    # Fast shutdown timed out or pg_ctl failed: fall back to immediate
-                    # (crash-safe; the next start replays the WAL).
-                    logger.warning("gatewayd.db.embedded.stop_immediate", pid=pid)
-                    if pid is not None:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGQUIT)
+            if proc is not None and proc.poll() is None:
+                # Fast shutdown; if it does not finish in time, immediate (crash-safe:
+                # the next start replays the WAL).
+                if not postmaster.stop_child(proc, fast_timeout=_STOP_TIMEOUT):
+                    logger.warning("gatewayd.db.embedded.stop_immediate", pid=proc.pid)
             logger.info("gatewayd.db.embedded.stopped", data_dir=str(self.data_dir))
         finally:
             self._started = False
-            self._pid = None
+            self._proc = None
             self._release_lock()
 
-    # -- subprocesses ----------------------------------------------------------------
+    # -- supervision -----------------------------------------------------------------
 
-    def _pg_ctl(self, action: str, *args: str, timeout: float) -> None:
-        wait = ["-w", "-t", str(int(timeout))]  # pg_ctl's own wait, inside ours
-        self._run("pg_ctl", [action, "-D", str(self.pgdata), *wait, *args], timeout=timeout + 10)
+    async def supervise(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Restart the server whenever it dies, on the same port, until cancelled.
+
+        Run it while the server is started (:func:`open_embedded_postgres` does).
+        Returns when :meth:`stop` stops the server; a failed restart is logged and
+        tried again, so the daemon waits out the outage instead of exiting.
+        """
+        delay = _RESTART_DELAY_MIN
+        task_status.started()
+        while True:
+            proc = self._proc
+            if proc is None or self._stopping:
+                return
+            returncode = await postmaster.wait_exit(proc)
+            if self._stopping or self._proc is not proc:
+                continue  # stopped (and maybe started again) by a caller meanwhile
+            uptime = time.monotonic() - self._proc_started_at
+            delay = _RESTART_DELAY_MIN if uptime >= _STABLE_AFTER else delay
+            logger.error(
+                "gatewayd.db.embedded.died", pid=proc.pid, returncode=returncode, restart_in=delay
+            )
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, _RESTART_DELAY_MAX)
+                if self._stopping or not self._started:
+                    return
+                try:
+                    # Not abandoned on cancel: a half-started server must be seen by stop().
+                    await trio.to_thread.run_sync(self._restart)
+                except StoreUnavailable as exc:
+                    logger.error(
+                        "gatewayd.db.embedded.restart_failed", error=exc.message, retry_in=delay
+                    )
+                    continue
+                break
+            logger.warning(
+                "gatewayd.db.embedded.restarted", pid=self.pid, port=self._port, after=returncode
+            )
+
+    def _restart(self) -> None:
+        port = self._port
+        if not self._started or self._stopping or port is None:
+            raise StoreUnavailable("the embedded PostgreSQL was stopped")
+        # The pid file names our dead postmaster: gone, like one of a killed daemon.
+        self._clear_leftover()
+        try:
+            self._spawn(port)  # the same port: the DSN every pool holds names it
+        except _PortInUse:
+            raise StoreUnavailable(
+                f"the embedded PostgreSQL cannot listen on {HOST}:{port} again: the port is in use"
+            ) from None
+
+    # -- subprocesses ----------------------------------------------------------------
 
     def _run(self, program: str, args: Sequence[str], *, timeout: float) -> None:
         """Run a PostgreSQL program as the server's account; StoreUnavailable on failure."""
@@ -361,14 +440,20 @@ async def open_embedded_postgres(
 ) -> AsyncIterator[EmbeddedPostgres]:
     """Run an embedded PostgreSQL for the duration of the block.
 
-    Starting happens in a worker thread; the server is stopped on exit, also when the
+    Starting happens in a worker thread; while the block runs, :meth:`supervise`
+    restarts the server if it dies. The server is stopped on exit, also when the
     block is cancelled.
     """
     server = EmbeddedPostgres(data_dir, port=port)
     try:
         # Not abandoned on cancel: a half-started server must be seen by stop().
         await trio.to_thread.run_sync(server.start)
-        yield server
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.supervise)
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.stop)

@@ -36,6 +36,7 @@ __all__ = [
     "grant_traverse",
     "port_free",
     "postmaster_state",
+    "program_env",
     "read_from",
     "read_postmaster_pid",
     "run_program",
@@ -107,19 +108,26 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
     return entry
 
 
+def program_env(run_as: RunAs | None) -> dict[str, str]:
+    """The environment of a PostgreSQL program: ours, without PG* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"  # parseable messages, no dependency on installed locales
+    if run_as is not None:
+        env["HOME"] = "/"
+        env["USER"] = env["LOGNAME"] = run_as.name
+    return env
+
+
 def run_program(
     executable: Path, args: Sequence[str], *, run_as: RunAs | None, timeout: float
 ) -> None:
     """Run a PostgreSQL program as ``run_as`` (or ourselves); StoreUnavailable on failure."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"  # parseable messages, no dependency on installed locales
+    env = program_env(run_as)
     extra: dict[str, Any] = {}
     if run_as is not None:
-        env["HOME"] = "/"
-        env["USER"] = env["LOGNAME"] = run_as.name
         extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
-    # A file, not a pipe: the server started by pg_ctl could otherwise inherit the
-    # pipe and keep us waiting for EOF.
+    # A file, not a pipe: a server started by pg_ctl could otherwise inherit the pipe
+    # and keep us waiting for EOF.
     with tempfile.TemporaryFile("w+") as output:
         try:
             subprocess.run(
