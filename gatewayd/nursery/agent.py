@@ -44,7 +44,7 @@ from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.messages import StoredInbound
-from gatewayd.store.retry import wait_for_database
+from gatewayd.store.retry import after_unavailable, wait_for_database
 from gatewayd.whatsapp.port import (
     ClientEvent,
     ClientOutdated,
@@ -412,7 +412,7 @@ class AgentTree:
             except NotConnected:
                 return  # queued again; sent after the next Connected
             except StoreUnavailable:
-                await self.sup.db.wait_available()
+                await after_unavailable(self.sup.db)
                 return
             except GatewayError as exc:
                 log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
@@ -551,7 +551,7 @@ class AgentTree:
                 decision = await self.sup.forward(handle, stored)
                 break
             except StoreUnavailable:
-                await db.wait_available()  # transient: take it up again once the database is back
+                await after_unavailable(db)  # transient: take it up again once the database is back
             except Exception as exc:
                 # A bug or a message nothing can process: park it with its reason, move on.
                 log.exception("gatewayd.forward.crashed")

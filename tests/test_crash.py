@@ -1,0 +1,181 @@
+"""Crash tests (issue 8): real processes killed with SIGKILL, a real PostgreSQL stopped, and a
+count of what was lost and what was duplicated. The answer must be zero.
+
+The simulated WhatsApp network runs as its own process (``gatewayd simnet``) and outlives the
+daemon; it keeps every message queued until the daemon's callback for it returned (after
+the commit), so what the daemon acknowledged is exactly what it is responsible for. The AI
+backend is a real HTTP server on loopback that answers ``re: <text>`` and records every
+request with its ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import psycopg
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.daemon import Daemon
+from tests.loopback import serve_app
+from tests.test_simnet import start_simnet, stop, wait_line
+
+CUSTOMER = "6281111111111"
+BURST = 1000
+KILL_AFTER = 300
+
+
+@attrs.define
+class EchoAI:
+    """Answers every message with ``re: <message>``; keeps (Idempotency-Key, message)."""
+
+    url: str = ""
+    calls: list[tuple[str | None, str]] = attrs.field(factory=list)
+
+    async def handle(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        self.calls.append((request.headers.get("idempotency-key"), body["message"]))
+        return JSONResponse({"output": "ok", "reply": f"re: {body['message']}"})
+
+
+async def start_echo_ai(nursery: trio.Nursery) -> EchoAI:
+    ai = EchoAI()
+    app = Starlette(routes=[Route("/{path:path}", ai.handle, methods=["POST"])])
+    ai.url = await serve_app(nursery, app)
+    return ai
+
+
+def write_config(path: Path, pg_dsn: str, sim_url: str, ai_url: str) -> None:
+    path.write_text(
+        f"""
+[server]
+port = 0
+shutdown_grace = 2.0
+
+[database]
+url = "{pg_dsn}"
+pool_max = 6
+
+[log]
+format = "json"
+
+[whatsapp]
+mode = "sim"
+sim_url = "{sim_url}"
+
+[ai]
+backend_url = "{ai_url}"
+
+[agents]
+send_rate_per_minute = 1000000.0
+send_burst = 100000
+"""
+    )
+
+
+def query(pg_dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def wait_all_handled(pg_dsn: str, count: int, timeout: float = 240) -> None:
+    """Until ``count`` inbound messages are handled (their replies out or settled)."""
+    sql = "SELECT count(*) FROM messages WHERE direction = 'inbound' AND handled_at IS NOT NULL"
+    with trio.fail_after(timeout):
+        while (await trio.to_thread.run_sync(query, pg_dsn, sql))[0][0] < count:
+            await trio.sleep(0.25)
+
+
+async def test_a_burst_survives_kill_9_of_the_daemon(
+    tmp_path: Path, pg_dsn: str, nursery: trio.Nursery
+) -> None:
+    """1,000 messages, the daemon SIGKILLed after ~300 were acknowledged, then restarted:
+    every message is stored once, forwarded once (a repeat only for the one in flight, with
+    the same Idempotency-Key) and replied to at most once; a reply that was in flight at the
+    kill is a visible ``unknown`` row, never a silent second send."""
+    ai = await start_echo_ai(nursery)
+    simnet = await start_simnet(nursery, tmp_path / "net.json")
+    config = tmp_path / "gatewayd.toml"
+    write_config(config, pg_dsn, simnet.base_url, ai.url)
+    daemon = await Daemon.start(nursery, ["--config", str(config)])
+    limits = httpx.Limits(max_connections=64)
+    async with (
+        httpx.AsyncClient(base_url=simnet.base_url, timeout=120, limits=limits) as sim,
+        httpx.AsyncClient(base_url=daemon.base_url, timeout=30) as api,
+    ):
+        r = await api.post("/sessions", json={"userId": "u1", "agentId": "burst", "apikey": "k"})
+        assert r.status_code == 201, r.text
+        r = await sim.post("/_sim/agents/burst/scan", json={"phone": "628123450009"})
+        assert r.status_code == 200, r.text
+        await wait_line(daemon, "gatewayd.agent.status", agentId="burst", status="connected")
+
+        ids: dict[str, str] = {}  # WhatsApp id -> text
+        acked: set[str] = set()
+        killed = trio.Event()
+
+        async def inject(n: int, limiter: trio.CapacityLimiter) -> None:
+            async with limiter:
+                text = f"m{n}"
+                r = await sim.post(
+                    "/_sim/agents/burst/inject",
+                    json={"from": CUSTOMER, "text": text, "waitSeconds": 60},
+                )
+                assert r.status_code in (200, 504), r.text
+                ids[r.json()["data"]["id"]] = text
+                if r.status_code == 200:
+                    acked.add(r.json()["data"]["id"])
+                if len(acked) >= KILL_AFTER and not killed.is_set():
+                    killed.set()
+
+        async with trio.open_nursery() as burst:
+            limiter = trio.CapacityLimiter(32)
+            for n in range(BURST):
+                burst.start_soon(inject, n, limiter)
+            await killed.wait()
+            daemon.kill()
+            await daemon.wait()
+            acked_at_kill = len(acked)
+            daemon = await Daemon.start(nursery, ["--config", str(config)])
+        assert len(ids) == BURST and acked_at_kill >= KILL_AFTER
+
+        await wait_all_handled(pg_dsn, BURST)
+        sent = (await sim.get("/_sim/agents/burst/sent")).json()["data"]
+
+    inbound = await trio.to_thread.run_sync(
+        query,
+        pg_dsn,
+        "SELECT wa_message_id, outcome FROM messages WHERE direction = 'inbound'",
+    )
+    stored = Counter(wa_id for wa_id, _ in inbound)
+    assert set(stored) == set(ids) and max(stored.values()) == 1  # nothing lost, nothing twice
+
+    # Forwarded: every message, each request keyed by its WhatsApp id.
+    assert all(key is not None for key, _ in ai.calls)
+    forwarded = Counter(key for key, _ in ai.calls)
+    assert set(forwarded) == set(ids)
+    repeated = {key for key, n in forwarded.items() if n > 1}
+    assert len(repeated) <= 1 and all(forwarded[key] == 2 for key in repeated)
+    assert all(ids[key] == text for key, text in ai.calls)  # the key names its own message
+
+    replies = Counter(r["text"] for r in sent if r["kind"] == "text")
+    assert max(replies.values()) == 1
+    # Replied: at most once each. A reply in flight at the kill is "unknown" (it may or may
+    # not have gone out, and is never sent again); every other message is "replied".
+    unreplied = {wa for wa, text in ids.items() if replies[f"re: {text}"] == 0}
+    unknown = {wa for wa, outcome in inbound if outcome == "reply_unknown"}
+    assert len(unknown) <= 1 and unreplied <= unknown
+    assert Counter(outcome for _, outcome in inbound)["replied"] == BURST - len(unknown)
+    print(
+        f"burst: {acked_at_kill} acknowledged at the kill, {len(repeated)} forwarded twice"
+        f" (same key), {len(unknown)} reply unknown, {sum(replies.values())} replies"
+    )
+    await stop(daemon)
+    await stop(simnet)
