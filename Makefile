@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test sim check-config clean
+.PHONY: run test lint sim simnet bench check-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,22 @@ run: $(STAMP)
 sim: $(STAMP)
 	$(VENV)/bin/gatewayd run --config gatewayd.toml --whatsapp sim
 
-test: $(STAMP)
+# Lint is part of the tests: ruff (rules and format) and mypy --strict, then the whole suite
+# (unit, HTTP, subprocess and crash tests).
+test: lint
 	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gatewayd tests bench tools
+	$(VENV)/bin/ruff format --check gatewayd tests bench tools
+	$(VENV)/bin/mypy --strict gatewayd
+
+# The simulated WhatsApp network as its own process, for `gatewayd run --whatsapp sim=URL`.
+simnet: $(STAMP)
+	$(VENV)/bin/gatewayd simnet --listen 127.0.0.1:4000 --state data/simnet.json
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/inbound.py
 
 check-config: $(STAMP)
 	$(VENV)/bin/gatewayd check-config gatewayd.toml

@@ -151,7 +151,8 @@ async def main(agents: int, messages: int) -> None:
     print(f"agents={agents} messages/agent={messages} (each run persists {total:,})")
     print(f"baseline   one commit per message : {base:8.0f} msg/s")
     print(
-        f"writer     group commit           : {rate:8.0f} msg/s  ({rate / base:.1f}x baseline, {per_batch:.0f} msg/transaction)"
+        f"writer     group commit           : {rate:8.0f} msg/s  ({rate / base:.1f}x baseline,"
+        f" {per_batch:.0f} msg/transaction)"
     )
     print(f"full path  sim → sink → writer    : {full:8.0f} msg/s  ({full / base:.1f}x baseline)")
     print(f"rows stored: {stored:,} (expected {3 * total:,})")

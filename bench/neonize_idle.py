@@ -91,7 +91,9 @@ async def bench(dsn: str, sizes: list[int]) -> None:
             for wave in range(0, n, WAVE):
                 results: list[bool] = []
 
-                async def one(i: int, jid: str) -> None:
+                async def one(
+                    i: int, jid: str, results: list[bool] = results, start: int = start
+                ) -> None:
                     results.append(await fail_once(backend, f"agent-{start + i}", jid))
 
                 async with trio.open_nursery() as nursery:

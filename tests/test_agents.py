@@ -264,10 +264,10 @@ async def test_lost_connection_reconnects_with_growing_backoff(
         await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "disconnected")
         await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
     attempts = [dropped_at, *world.sim.connect_attempts[device][-5:]]
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
     # A healthy connection broke, so the schedule starts over at 1 s: 1, 2, 4, 8, 16.
     assert len(gaps) == 5
-    for gap, base in zip(gaps, [1.0, 2.0, 4.0, 8.0, 16.0]):
+    for gap, base in zip(gaps, [1.0, 2.0, 4.0, 8.0, 16.0], strict=False):
         assert base / 2 <= gap <= base, (gaps, base)
     record = await agents_store.get_agent(world.db, "bot-a")
     assert record is not None and record.status == "connected"

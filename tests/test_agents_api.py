@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 from PIL import Image
 
 from gatewayd.config import Config
@@ -834,7 +835,7 @@ async def test_cleanup_timer_deletes_old_previews(
         while time.monotonic() < deadline:
             if left() == expected:
                 return True
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         return False
 
     async with trio.open_nursery() as nursery:

@@ -65,7 +65,8 @@ async def test_store_is_prepared_in_its_own_schema_and_role(
     assert (
         _scalar(
             pg_dsn,
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE 'whatsmeow%%'",
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema = 'public' AND table_name LIKE 'whatsmeow%%'",
         )
         == 0
     )

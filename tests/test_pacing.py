@@ -25,7 +25,7 @@ async def test_bucket_sends_burst_at_once_then_paces_at_rate(
     assert times[:100] == [0.0] * 100
     assert times[100] == pytest.approx(0.6, abs=1e-6)
     assert times[-1] == pytest.approx(30.0, abs=1e-6)
-    gaps = [b - a for a, b in zip(times[100:], times[101:])]
+    gaps = [b - a for a, b in zip(times[100:], times[101:], strict=False)]
     assert all(g == pytest.approx(0.6, abs=1e-6) for g in gaps)
 
 

@@ -283,9 +283,7 @@ async def test_an_ai_answer_with_nul_is_stored_cleaned_and_replied_cleaned(
     original kept, and a forwarded message's reply goes out with U+FFFD."""
     await connect(running)
     ai.reply = "a\x00b"
-    r = await running.client.post(
-        "/agents/support-bot/run", json={"message": "hi"}, headers=auth()
-    )
+    r = await running.client.post("/agents/support-bot/run", json={"message": "hi"}, headers=auth())
     assert r.status_code == 200, r.text
     [(reply, escaped)] = await running.gateway.db.run(
         lambda conn: conn.execute(

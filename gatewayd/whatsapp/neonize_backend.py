@@ -128,7 +128,7 @@ class NeonizeBackend:
             if not self._running:
                 self._idle.set()
 
-    async def aclose(self, *, timeout: float = STOP_WAIT + 5.0) -> None:
+    async def aclose(self, *, timeout: float = STOP_WAIT + 5.0) -> None:  # noqa: ASYNC109 - bounds a shielded wait
         """End every session still running (normally their callers did), boundedly."""
         self._closing = True
         for session in list(self._running.values()):
