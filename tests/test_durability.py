@@ -330,3 +330,32 @@ async def test_an_unknown_send_is_never_sent_again_for_its_key(world: World) -> 
         await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="hi"), idempotency_key="k1")
     sent = await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="hi"), idempotency_key="k2")
     assert [r.message_id for r in world.sim.sent("bot-a")] == [sent.message_id]
+
+
+async def test_a_message_the_adapter_cannot_read_is_quarantined_with_its_raw_bytes(
+    world: World,  # noqa: F811
+) -> None:
+    """An unreadable message is kept (raw bytes, reason), never forwarded; the agent carries on."""
+    calls: list[str] = []
+
+    async def forward(handle: AgentHandle, stored: StoredInbound) -> str:
+        calls.append(stored.message.text or "")
+        return "recorded"
+
+    await world.start_supervisor(forward=forward)
+    agent = await world.paired_agent("bot-a", "628123450001")
+    with world.bus.subscribe("bot-a") as events:
+        world.sim.inject_unreadable(
+            "bot-a", b"\x00\xffgarbage", "DecodeError", message_id="3AX\x00"
+        )
+        world.sim.inject_unreadable("bot-a", b"no id at all", "KeyError")
+        world.sim.inject_text("bot-a", CUSTOMER, "after")
+        await wait_for(events, lambda e: e.kind == "handled")
+    assert calls == ["after"] and agent.restarts == 0
+    kept = await rows(
+        world.db,
+        "SELECT wa_message_id, status, outcome, payload->>'raw' FROM messages"
+        " WHERE status = 'quarantined' ORDER BY id",
+    )
+    assert kept[0] == ("3AX\ufffd", "quarantined", "quarantined:DecodeError", "AP9nYXJiYWdl")
+    assert kept[1][0].startswith("unreadable:") and kept[1][2] == "quarantined:KeyError"

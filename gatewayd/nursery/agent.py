@@ -23,6 +23,7 @@ survive a restart, so a crash never loses what callers queued.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import uuid
@@ -35,6 +36,7 @@ import outcome
 import structlog
 import trio
 
+from gatewayd import textsafe
 from gatewayd.errors import AgentStopped, GatewayError, NotConnected, StoreError, StoreUnavailable
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.nursery.bus import BusEvent
@@ -54,6 +56,7 @@ from gatewayd.whatsapp.port import (
     EventSink,
     LoggedOut,
     MessageReceived,
+    MessageUnreadable,
     Paired,
     PairingError,
     PairingFailed,
@@ -346,7 +349,7 @@ class AgentTree:
                         },
                     )
                 )
-            elif isinstance(event, MessageReceived):
+            elif isinstance(event, MessageReceived | MessageUnreadable):
                 pass  # never routed here: see _Sink
             else:
                 handle.set_connected(False)
@@ -590,7 +593,23 @@ class _Sink:
             if row_id is None:
                 log.info("gatewayd.inbound.duplicate", messageId=value.message.id)
             return
+        if isinstance(value, MessageUnreadable):
+            await self._keep_unreadable(value)
+            return
         await self._events.send(value)
+
+    async def _keep_unreadable(self, event: MessageUnreadable) -> None:
+        db = self._tree.sup.db
+        raw_id = event.message_id or f"unreadable:{hashlib.sha256(event.raw).hexdigest()[:32]}"
+        message_id = textsafe.clean(raw_id)[:200]
+        reason = textsafe.clean(event.reason)[:500]
+        log.error("gatewayd.inbound.unreadable", messageId=message_id, reason=reason)
+        await wait_for_database(
+            db,
+            lambda: messages_store.quarantine_inbound(
+                db, self._tree.handle.id, message_id, reason, event.raw
+            ),
+        )
 
 
 def _ended_status(event: ClientEvent) -> tuple[str, str | None]:

@@ -3,6 +3,7 @@ with it) and every message the daemon sent."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -116,18 +117,25 @@ async def insert_inbound(
 
 
 async def quarantine_inbound(
-    db: Database, agent_uuid: uuid.UUID, wa_message_id: str, reason: str
+    db: Database,
+    agent_uuid: uuid.UUID,
+    wa_message_id: str,
+    reason: str,
+    raw: bytes | None = None,
 ) -> int | None:
-    """Store what is left of a message that could not be stored: its id and why.
+    """Store what is left of a message that could not be stored or read: its id, why, and
+    (when given) the raw event, base64 in ``payload.raw``.
 
     The row is handled at once (outcome ``quarantined:<reason>``) so nothing forwards it."""
+    payload = Jsonb({"raw": base64.b64encode(raw).decode("ascii")}) if raw is not None else None
 
     def work(conn: Connection) -> int | None:
         row = conn.execute(
             "INSERT INTO messages (agent_id, direction, chat_jid, wa_message_id, status, error,"
-            " handled_at, outcome) VALUES (%s, 'inbound', '', %s, 'quarantined', %s, now(), %s)"
+            " handled_at, outcome, payload)"
+            " VALUES (%s, 'inbound', '', %s, 'quarantined', %s, now(), %s, %s)"
             " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING RETURNING id",
-            (agent_uuid, wa_message_id, reason, f"quarantined:{reason}"),
+            (agent_uuid, wa_message_id, reason, f"quarantined:{reason[:200]}", payload),
         ).fetchone()
         return None if row is None else int(row[0])
 

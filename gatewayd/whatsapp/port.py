@@ -197,6 +197,20 @@ class MessageReceived(Event):
 
 
 @attrs.frozen
+class MessageUnreadable(Event):
+    """A message arrived that the adapter could not turn into an ``InboundMessage``.
+
+    WhatsApp already considers it delivered, so it is kept (quarantined, with ``raw`` — the
+    event as the library delivered it — and the reason) rather than dropped.
+    """
+
+    kind: ClassVar[str] = "message_unreadable"
+    message_id: str | None
+    reason: str
+    raw: bytes = attrs.field(repr=lambda raw: f"<{len(raw)} bytes>")
+
+
+@attrs.frozen
 class Receipt(Event):
     """A delivery / read / played receipt for messages we sent (``type`` as whatsmeow names it)."""
 
@@ -219,6 +233,7 @@ ClientEvent: TypeAlias = (
     | TemporaryBan
     | ClientOutdated
     | MessageReceived
+    | MessageUnreadable
     | Receipt
 )
 """Every event a client pushes into its events channel."""

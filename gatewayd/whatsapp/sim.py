@@ -43,6 +43,7 @@ from gatewayd.whatsapp.port import (
     Media,
     MediaType,
     MessageReceived,
+    MessageUnreadable,
     Paired,
     QrCode,
     Quote,
@@ -359,6 +360,14 @@ class SimulatedWhatsApp:
         )  # fmt: skip
         self._linked(agent_id)._deliver(MessageReceived(message))
         return message
+
+    def inject_unreadable(
+        self, agent_id: str, raw: bytes, reason: str, *, message_id: str | None = None
+    ) -> MessageUnreadable:
+        """Something arrives that the adapter cannot read (in-process network only)."""
+        event = MessageUnreadable(message_id, reason, raw)
+        self._linked(agent_id)._deliver(event)
+        return event
 
     def inject_receipt(
         self,

@@ -25,6 +25,7 @@ from gatewayd.whatsapp.port import (
     EventSink,
     LoggedOut,
     MessageReceived,
+    MessageUnreadable,
     Paired,
     PairingError,
     PairingFailed,
@@ -266,7 +267,7 @@ class SimulatedClient:
             conn.push(event)
         self._pending.clear()
 
-    def _deliver(self, event: MessageReceived | Receipt) -> None:
+    def _deliver(self, event: MessageReceived | MessageUnreadable | Receipt) -> None:
         """Hand an inbound event to the live connection, or keep it for the next one."""
         if self.connected:
             assert self._conn is not None
