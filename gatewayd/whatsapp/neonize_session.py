@@ -12,11 +12,16 @@ concern the session hold here:
   because resuming a JID that is not there aborts the process;
 * ``live`` (``Connected`` seen, ``Stop`` not yet started) is what the client's calls check under
   the shared gate before they reach Go; it is cleared before ``Stop`` waits for the gate;
-* a callback never raises into ctypes, and is dropped once the session is closing.
+* a callback never raises into ctypes. Once the session is closing, status events are dropped,
+  but messages are still handed over (whatsmeow acked them already), each with a bounded wait
+  (``SHUTDOWN_SEND_WAIT``) so that ``Stop`` is never held up for long;
+* a message that cannot be parsed or translated is pushed as ``MessageUnreadable`` (raw bytes
+  and reason) instead of being dropped: WhatsApp considers it delivered.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -26,7 +31,13 @@ import trio
 
 from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
 from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE, SESSION_LIMITER, map_exceptions
-from gatewayd.whatsapp.neonize_translate import jid_to_str, str_to_jid, translate_event
+from gatewayd.whatsapp.neonize_translate import (
+    jid_to_str,
+    str_to_jid,
+    translate_event,
+    unreadable_bytes,
+    unreadable_event,
+)
 from gatewayd.whatsapp.port import (
     ClientEvent,
     Connected,
@@ -36,6 +47,7 @@ from gatewayd.whatsapp.port import (
     EventSink,
     LoggedOut,
     MessageReceived,
+    MessageUnreadable,
     Paired,
 )
 
@@ -52,6 +64,13 @@ CONNECT_TIMEOUT = 60.0
 
 STOP_WAIT = 5.0
 """Longest ``run`` waits for neonize's thread after ``Stop``; after that it is abandoned."""
+
+SHUTDOWN_SEND_WAIT = 3.0
+"""Longest a message delivered while the session stops waits for its commit (< ``STOP_WAIT``:
+neonize's thread finishes only once its callback has returned)."""
+
+MESSAGE_CODE = 17
+"""neonize's event code of ``MessageEv`` (``neonize.events.EVENT_TO_INT``; checked in tests)."""
 
 
 class _Session:
@@ -83,7 +102,8 @@ class _Session:
         self.live = False
         self.online = False
         self._first_callback = False
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes: set[trio.CancelScope] = set()  # cancelled when the session stops
+        self._grace: set[trio.CancelScope] = set()  # given SHUTDOWN_SEND_WAIT when it stops
 
     # -------------------------------------------------------------- the run
 
@@ -172,6 +192,9 @@ class _Session:
         self.live = self.online = False
         for scope in list(self._scopes):
             scope.cancel()
+        grace = trio.current_time() + SHUTDOWN_SEND_WAIT
+        for scope in list(self._grace):
+            scope.deadline = min(scope.deadline, grace)
         if not self.thread_started:
             return
         async with GATE.exclusive():
@@ -235,8 +258,18 @@ class _Session:
                     # over and the exclusive gate can be released.
                     self._first_callback = True
                     self._cross_sync(self.registered.set)
-                if not self.closed:
+                # Messages even while closing: whatsmeow has acked them (docs/durability.md).
+                if not self.closed or code == MESSAGE_CODE:
                     original_execute(uuid, binary, size, code)
+            except Exception as exc:
+                if code == MESSAGE_CODE:
+                    # neonize could not parse it (e.g. nested deeper than upb's limit of 100,
+                    # which Go's 10,000 let through): keep the bytes Go sent.
+                    self._unparsable(binary, size, exc)
+                else:
+                    log.exception(
+                        "gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id
+                    )
             except BaseException:  # never into ctypes
                 log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
 
@@ -247,10 +280,24 @@ class _Session:
         session = self
 
         def handler(_nc: Any, event: Any) -> None:
-            if not session.closed:
-                session._cross(session._deliver, event)
+            session._cross(session._deliver, event)  # _deliver decides what a closing one takes
 
         return handler
+
+    def _unparsable(self, binary: Any, size: int, exc: Exception) -> None:
+        """Hand over a ``MessageEv`` neonize failed to parse as ``MessageUnreadable``."""
+        try:
+            event = unreadable_bytes(ctypes.string_at(binary, size), exc)
+        except Exception:
+            log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
+            return
+        log.error(
+            "gatewayd.whatsapp.neonize.unparsable",
+            agentId=self.agent_id,
+            messageId=event.message_id,
+            reason=event.reason,
+        )
+        self._cross(self._deliver_message, event)
 
     def _on_qr(self, _nc: Any, _data: bytes) -> None:
         # A QR while resuming means whatsmeow considers the device unpaired.
@@ -277,17 +324,34 @@ class _Session:
             log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
 
     async def _deliver(self, raw: Any) -> None:
-        """Translate one neonize event and push it (backpressure into whatsmeow)."""
-        from neonize.events import ConnectFailureEv
+        """Translate one neonize event and push it (backpressure into whatsmeow).
 
-        if self.closed:
+        A message is always pushed — translated, or as ``MessageUnreadable`` when translation
+        fails — even once the session has ended or is stopping: whatsmeow has acked it.
+        """
+        from neonize.events import ConnectFailureEv, MessageEv
+
+        is_message = isinstance(raw, MessageEv)
+        if self.closed and not is_message:
             return
+        event: ClientEvent | None
         try:
             event = translate_event(raw)
-        except Exception:
-            log.exception("gatewayd.whatsapp.neonize.translate_failed", agentId=self.agent_id)
+        except Exception as exc:
+            if not is_message:
+                log.exception("gatewayd.whatsapp.neonize.translate_failed", agentId=self.agent_id)
+                return
+            event = unreadable_event(raw, exc)
+            log.error(
+                "gatewayd.whatsapp.neonize.unreadable",
+                agentId=self.agent_id,
+                messageId=event.message_id,
+                reason=event.reason,
+            )
+        if isinstance(event, MessageReceived | MessageUnreadable):
+            await self._deliver_message(event)
             return
-        if event is None or self.end is not None:
+        if event is None or self.end is not None or self.closed:
             if event is None:
                 log.info(
                     "gatewayd.whatsapp.neonize.event",
@@ -301,8 +365,6 @@ class _Session:
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                if isinstance(event, MessageReceived):
-                    event = await self._resolve_lids(event)
                 if isinstance(event, Connected):
                     self.live = self.online = True
                 elif isinstance(event, Disconnected):
@@ -318,6 +380,33 @@ class _Session:
                     self.connected.set()
             finally:
                 self._scopes.discard(scope)
+
+    async def _deliver_message(self, event: MessageReceived | MessageUnreadable) -> None:
+        """Push one message and wait for its commit; boundedly once the session stops."""
+        if isinstance(event, MessageReceived) and not self.closed:
+            with trio.CancelScope() as scope:  # a stop cancels the lookup, not the message
+                self._scopes.add(scope)
+                try:
+                    event = await self._resolve_lids(event)
+                finally:
+                    self._scopes.discard(scope)
+        with trio.CancelScope() as scope:
+            if self.closed:
+                scope.deadline = trio.current_time() + SHUTDOWN_SEND_WAIT
+            self._grace.add(scope)
+            try:
+                await self._send(event)
+            finally:
+                self._grace.discard(scope)
+        if scope.cancelled_caught:
+            message_id = (
+                event.message.id if isinstance(event, MessageReceived) else event.message_id
+            )
+            log.error(
+                "gatewayd.whatsapp.neonize.commit_unconfirmed",
+                agentId=self.agent_id,
+                messageId=message_id,
+            )
 
     async def _resolve_lids(self, event: MessageReceived) -> MessageReceived:
         """Fill in the phone-number JID of a LID-only sender from whatsmeow's local map."""

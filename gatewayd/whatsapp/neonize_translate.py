@@ -9,6 +9,14 @@ timestamps seconds; an empty JID has ``IsEmpty`` set; ``IsGroup`` is true for
 
 LID → phone lookups need a connected client, so they are not done here: a message whose sender
 could not be resolved keeps ``sender == sender_lid`` and the client resolves it afterwards.
+
+Poison: neonize's protobufs are proto2, so a string field may hold invalid UTF-8 (whatsmeow
+passes on what the sender encoded); the upb runtime then returns ``bytes`` for it. Every string
+is read through ``_str``, which decodes such bytes with ``surrogateescape``: the lone surrogates
+it leaves are what the daemon replaces and keeps the original of (``gatewayd/textsafe.py``),
+and ``.encode("utf-8", "surrogateescape")`` gives the sender's bytes back. A message that still
+cannot be translated becomes a ``MessageUnreadable`` (``unreadable_event`` /
+``unreadable_bytes``), which the daemon quarantines with the raw event.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from gatewayd.whatsapp.port import (
     Media,
     MediaType,
     MessageReceived,
+    MessageUnreadable,
     Paired,
     PairingFailed,
     Receipt,
@@ -67,6 +76,16 @@ _MEDIA_FIELDS: tuple[tuple[str, MediaType], ...] = (
 )
 
 
+# --------------------------------------------------------------------------- strings
+
+
+def _str(value: Any) -> str:
+    """A protobuf string field as ``str``; invalid UTF-8 (read as ``bytes``) decoded reversibly."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
 # --------------------------------------------------------------------------- JIDs
 
 
@@ -74,12 +93,12 @@ def jid_to_str(jid: Any, *, keep_device: bool = False) -> str | None:
     """``JID`` → ``user[:device]@server``; None for an empty JID."""
     if jid.IsEmpty or not jid.Server:
         return None
-    user = jid.User
+    user, server = _str(jid.User), _str(jid.Server)
     if not keep_device:
         user = user.partition(":")[0]
     elif jid.Device and ":" not in user:
         user = f"{user}:{jid.Device}"
-    return f"{user}@{jid.Server}" if user else jid.Server
+    return f"{user}@{server}" if user else server
 
 
 def str_to_jid(value: str, *, device_in_user: bool = False) -> Any:
@@ -109,15 +128,22 @@ def empty_jid() -> Any:
 
 
 def _server(jid: Any) -> str | None:
-    return None if jid.IsEmpty else jid.Server
+    return None if jid.IsEmpty else _str(jid.Server)
 
 
 # --------------------------------------------------------------------------- messages
 
 
 def translate_message(ev: Any) -> InboundMessage:
-    """A ``MessageEv`` (neonize ``Neonize_pb2.Message``) → ``InboundMessage``."""
+    """A ``MessageEv`` (neonize ``Neonize_pb2.Message``) → ``InboundMessage``.
+
+    Raises ``ValueError`` for a message without an id: it could be neither deduplicated nor
+    answered, and the daemon's unique key would take a second one for a duplicate.
+    """
     info = ev.Info
+    message_id = _str(info.ID)
+    if not message_id:
+        raise ValueError("message without an id")
     src = info.MessageSource
     from_me = bool(src.IsFromMe)
     sender_pn, sender_lid = _pn_and_lid(src.Sender, src.SenderAlt)
@@ -140,13 +166,13 @@ def translate_message(ev: Any) -> InboundMessage:
     quoted_id = quoted_sender = quoted_text = None
     mentions: tuple[str, ...] = ()
     if ctx is not None:
-        mentions = tuple(ctx.mentionedJID)
+        mentions = tuple(_str(mentioned) for mentioned in ctx.mentionedJID)
         if ctx.stanzaID:
-            quoted_id = ctx.stanzaID
-            quoted_sender = ctx.participant or None
+            quoted_id = _str(ctx.stanzaID)
+            quoted_sender = _str(ctx.participant) or None
             quoted_text = _text_of(ctx.quotedMessage) if ctx.HasField("quotedMessage") else None
     return InboundMessage(
-        id=info.ID,
+        id=message_id,
         chat=chat,
         sender=sender,
         timestamp_ms=_ms(info.Timestamp),
@@ -154,7 +180,7 @@ def translate_message(ev: Any) -> InboundMessage:
         sender_lid=sender_lid,
         is_group=bool(src.IsGroup),
         is_from_me=from_me,
-        push_name=info.Pushname or None,
+        push_name=_str(info.Pushname) or None,
         text=text,
         mentioned_jids=mentions,
         quoted_id=quoted_id,
@@ -187,16 +213,16 @@ def _ms(timestamp: int) -> int:
 
 def _text_of(msg: Any) -> str | None:
     if msg.conversation:
-        return str(msg.conversation)
+        return _str(msg.conversation)
     if msg.HasField("extendedTextMessage") and msg.extendedTextMessage.text:
-        return str(msg.extendedTextMessage.text)
+        return _str(msg.extendedTextMessage.text)
     for field in ("imageMessage", "videoMessage", "documentMessage"):
         if msg.HasField(field) and getattr(msg, field).caption:
-            return str(getattr(msg, field).caption)
+            return _str(getattr(msg, field).caption)
     if msg.HasField("documentWithCaptionMessage"):
         inner = msg.documentWithCaptionMessage.message
         if inner.HasField("documentMessage") and inner.documentMessage.caption:
-            return str(inner.documentMessage.caption)
+            return _str(inner.documentMessage.caption)
     return None
 
 
@@ -216,10 +242,10 @@ def _media_of(msg: Any) -> tuple[MediaType | None, Media | None]:
         sub = getattr(msg, field)
         has = sub.DESCRIPTOR.fields_by_name
         return kind, Media(
-            mimetype=sub.mimetype or "application/octet-stream",
+            mimetype=_str(sub.mimetype) or "application/octet-stream",
             size=int(sub.fileLength),
-            caption=(sub.caption or None) if "caption" in has else None,
-            filename=(sub.fileName or None) if "fileName" in has else None,
+            caption=(_str(sub.caption) or None) if "caption" in has else None,
+            filename=(_str(sub.fileName) or None) if "fileName" in has else None,
             seconds=(int(sub.seconds) or None) if "seconds" in has else None,
             ptt=bool(sub.PTT) if "PTT" in has else False,
         )
@@ -234,9 +260,8 @@ def translate_receipt(ev: Any) -> Receipt:
     src = ev.MessageSource
     chat = jid_to_str(src.Chat) or ""
     sender = jid_to_str(src.Sender) or chat
-    return Receipt(
-        chat, sender, tuple(ev.MessageIDs), _enum_name(ev, "Type", "delivered"), _ms(ev.Timestamp)
-    )
+    ids = tuple(_str(message_id) for message_id in ev.MessageIDs)
+    return Receipt(chat, sender, ids, _enum_name(ev, "Type", "delivered"), _ms(ev.Timestamp))
 
 
 def translate_logged_out(ev: Any) -> LoggedOut:
@@ -258,7 +283,7 @@ def translate_connect_failure(ev: Any) -> ConnectionEnd:
         return ClientOutdated()
     if reason == "TEMP_BANNED":
         return TemporaryBan("unknown", 0.0)
-    detail = f": {ev.Message}" if ev.Message else ""
+    detail = f": {_str(ev.Message)}" if ev.Message else ""
     return Disconnected(f"connect failure {reason.lower()}{detail}")
 
 
@@ -268,11 +293,11 @@ def translate_pair_status(ev: Any) -> Paired | PairingFailed:
         device_jid = jid_to_str(ev.ID, keep_device=True) or ""
         return Paired(
             device_jid=device_jid,
-            phone=ev.ID.User.partition(":")[0],
-            platform=ev.Platform or None,
-            push_name=ev.BusinessName or None,
+            phone=_str(ev.ID.User).partition(":")[0],
+            platform=_str(ev.Platform) or None,
+            push_name=_str(ev.BusinessName) or None,
         )
-    return PairingFailed(ev.Error or "error")
+    return PairingFailed(_str(ev.Error) or "error")
 
 
 def _enum_name(ev: Any, field: str, default: str) -> str:
@@ -319,4 +344,58 @@ def translate_event(ev: Any) -> ClientEvent | None:
         return translate_connect_failure(ev)
     if isinstance(ev, PairStatusEv):
         return translate_pair_status(ev)
+    return None
+
+
+# --------------------------------------------------------------------------- unreadable messages
+
+_REASON_DETAIL = 200  # characters of the exception's message kept in a quarantine reason
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """The exception's class name and the start of its message, in plain ASCII."""
+    detail = str(exc).encode("ascii", "backslashreplace").decode("ascii")
+    if len(detail) > _REASON_DETAIL:
+        detail = detail[:_REASON_DETAIL] + "..."
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def unreadable_event(ev: Any, exc: BaseException) -> MessageUnreadable:
+    """A parsed ``MessageEv`` that ``translate_message`` refused → ``MessageUnreadable``.
+
+    ``raw`` is the event re-serialised; *partially*, because neonize's messages have required
+    fields and a strict ``SerializeToString`` would refuse the very events that are odd.
+    """
+    try:
+        message_id = _str(ev.Info.ID) or None
+    except Exception:
+        message_id = None
+    try:
+        raw = bytes(ev.SerializePartialToString())
+    except Exception:
+        raw = b""
+    return MessageUnreadable(message_id, unreadable_reason(exc), raw)
+
+
+def unreadable_bytes(data: bytes, exc: BaseException) -> MessageUnreadable:
+    """A ``MessageEv`` whose bytes neonize could not even parse → ``MessageUnreadable``.
+
+    The id is taken from the ``Info`` field alone when that parses: the bytes are read as an
+    empty message first, so every field stays an opaque unknown field, however deep it nests.
+    """
+    return MessageUnreadable(_message_id_of(data), unreadable_reason(exc), data)
+
+
+def _message_id_of(data: bytes) -> str | None:
+    from google.protobuf.empty_pb2 import Empty  # type: ignore[import-untyped]
+    from google.protobuf.unknown_fields import UnknownFieldSet  # type: ignore[import-untyped]
+    from neonize.proto.Neonize_pb2 import Message, MessageInfo
+
+    info_number = Message.DESCRIPTOR.fields_by_name["Info"].number
+    try:
+        for field in UnknownFieldSet(Empty.FromString(data)):
+            if field.field_number == info_number and isinstance(field.data, bytes):
+                return _str(MessageInfo.FromString(field.data).ID) or None
+    except Exception:
+        pass
     return None
