@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
 import trio
@@ -139,6 +140,31 @@ async def stop_with_queued(
         assert writer.queued() == 49
         scope.cancel()
         await trio.to_thread.run_sync(blocker.rollback)
+
+
+async def test_a_message_that_cannot_be_stored_is_quarantined_and_the_writer_goes_on(
+    database: Database, agent_uuid: uuid.UUID, nursery: trio.Nursery
+) -> None:
+    """A message whose fields no database can take (an adapter bug) is quarantined by id; the
+    messages committed with it in the same round are stored; the writer keeps running."""
+    writer = InboundWriter(database, lambda _a, _s: None)
+    await nursery.start(writer.run)
+    broken = attrs.evolve(inbound("broken", id="3ABROKEN"), push_name=b"\xff")  # type: ignore[arg-type]
+    results: dict[str, int | None] = {}
+
+    async def callback(message: InboundMessage) -> None:
+        results[message.text or ""] = await writer.persist(agent_uuid, message)
+
+    async with trio.open_nursery() as callbacks:
+        for message in (inbound("before"), broken, inbound("after")):
+            callbacks.start_soon(callback, message)
+    assert results["broken"] is None and results["before"] and results["after"]
+    stored = await rows(
+        database, "SELECT wa_message_id, text, status, error FROM messages ORDER BY id"
+    )
+    assert ("3ABROKEN", None, "quarantined", "unstorable: TypeError") in stored
+    assert {text for _, text, status, _ in stored if status == "received"} == {"before", "after"}
+    assert await writer.persist(agent_uuid, inbound("later")) is not None
 
 
 async def test_nul_and_lone_surrogates_are_stored_cleaned_with_the_original_kept(

@@ -52,7 +52,11 @@ def sanitize_inbound(message: InboundMessage) -> tuple[InboundMessage, dict[str,
 
 @attrs.define(eq=False)
 class _Pending:
-    item: NewInbound
+    agent_uuid: uuid.UUID
+    message: InboundMessage
+    trace_id: str | None
+    #: The message made storable; set by the writer task.
+    item: NewInbound | None = None
     done: trio.Event = attrs.Factory(trio.Event)
     row_id: int | None = None
 
@@ -77,8 +81,7 @@ class InboundWriter:
         If the caller is cancelled, the message may still be committed (and is then handed
         to whichever tree of the agent runs by then).
         """
-        message, escaped = sanitize_inbound(message)
-        pending = _Pending(NewInbound(agent_uuid, message, escaped, trace_id))
+        pending = _Pending(agent_uuid, message, trace_id)
         self._send.send_nowait(pending)
         await pending.done.wait()
         return pending.row_id
@@ -112,42 +115,64 @@ class InboundWriter:
         return self._receive.statistics().current_buffer_used
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        items = [p.item for p in batch]
+        # Nothing a message holds may stop the writer every agent shares: whatever cannot be
+        # prepared or stored is quarantined, the rest goes in.
+        ready: list[_Pending] = []
+        for pending in batch:
+            if pending.item is None:
+                try:
+                    message, escaped = sanitize_inbound(pending.message)
+                except Exception as exc:
+                    await self._quarantine(pending, exc)
+                    continue
+                pending.item = NewInbound(pending.agent_uuid, message, escaped, pending.trace_id)
+            ready.append(pending)
+        if not ready:
+            return
+        items = [p.item for p in ready if p.item is not None]
         try:
             ids = await wait_for_database(
                 self._db, lambda: messages_store.insert_inbound_batch(self._db, items)
             )
-        except StoreError as exc:
-            if len(batch) > 1:
+        except Exception as exc:
+            if len(ready) > 1:
                 # Find the one that cannot be stored; the others go in as usual.
-                half = len(batch) // 2
-                await self._commit(batch[:half])
-                await self._commit(batch[half:])
+                half = len(ready) // 2
+                await self._commit(ready[:half])
+                await self._commit(ready[half:])
                 return
-            await self._quarantine(batch[0].item, exc)
-            ids = [None]
+            await self._quarantine(ready[0], exc)
+            return
         self.batches += 1
-        for pending, row_id in zip(batch, ids, strict=True):
+        for pending, item, row_id in zip(ready, items, ids, strict=True):
             pending.row_id = row_id
             if row_id is not None:
                 self.committed += 1
-                self._deliver(pending.item.agent_uuid, StoredInbound(row_id, pending.item.message))
+                try:
+                    self._deliver(item.agent_uuid, StoredInbound(row_id, item.message))
+                except Exception:
+                    # Stored: the agent's next tree reads it back from the table.
+                    log.exception("gatewayd.inbound.deliver_failed", rowId=row_id)
             pending.done.set()
 
-    async def _quarantine(self, item: NewInbound, exc: StoreError) -> None:
+    async def _quarantine(self, pending: _Pending, exc: Exception) -> None:
+        """Keep the id of a message that cannot be stored, and why; wake its caller."""
+        message_id = textsafe.clean(str(pending.message.id))[:200] or "unidentified"
+        reason = f"unstorable: {type(exc).__name__}"
+        details = exc.details if isinstance(exc, StoreError) else None
+        sqlstate = details.get("sqlstate") if isinstance(details, dict) else None
         log.error(
-            "gatewayd.inbound.quarantined",
-            messageId=item.message.id,
-            error=type(exc).__name__,
-            sqlstate=(exc.details or {}).get("sqlstate") if isinstance(exc.details, dict) else None,
+            "gatewayd.inbound.quarantined", messageId=message_id, reason=reason, sqlstate=sqlstate
         )
         try:
             await wait_for_database(
                 self._db,
                 lambda: messages_store.quarantine_inbound(
-                    self._db, item.agent_uuid, textsafe.clean(item.message.id)[:200], "unstorable"
+                    self._db, pending.agent_uuid, message_id, reason
                 ),
             )
         except StoreError:
             # Not even its id can be stored (the agent was deleted meanwhile): nothing to keep.
-            log.error("gatewayd.inbound.dropped", messageId=item.message.id)
+            log.error("gatewayd.inbound.dropped", messageId=message_id)
+        finally:
+            pending.done.set()
