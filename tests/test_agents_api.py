@@ -661,8 +661,12 @@ async def test_ai_failure_reports_to_the_developer_and_never_the_user(
     """On AI timeout or 500 the user gets nothing; the developer number gets agentId, from, text, reason, traceId."""
     await connect(running)
     ai.status, ai.delay = status, delay
-    inbound = sim_of(running).inject_text("support-bot", CUSTOMER, "are you there?")
-    assert await handled(running, "support-bot", inbound.id) == f"failed:{reason}"
+    with running.gateway.bus.subscribe("support-bot") as events:
+        inbound = sim_of(running).inject_text("support-bot", CUSTOMER, "are you there?")
+        assert await handled(running, "support-bot", inbound.id) == f"failed:{reason}"
+        async for event in events:  # the report is queued, then sent by the agent's outbox
+            if event.kind == "sent":
+                break
     texts = [r for r in sim_of(running).sent("support-bot") if r.kind == "text"]
     assert [t.to for t in texts] == [f"{DEV}@s.whatsapp.net"]
     report = texts[0].text or ""
