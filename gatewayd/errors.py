@@ -29,7 +29,8 @@ codes and error bodies in one table.
     │   ├── StoreUnavailable         cannot reach the database (503)
     │   └── Conflict                 a uniqueness rule was broken (409)
     └── WhatsAppError                the WhatsApp client failed (502)
-        └── NotConnected             the client is not connected (409)
+        ├── NotConnected             the client is not connected (409)
+        └── SendOutcomeUnknown       no answer after the send went out: it may have arrived (502)
 """
 
 from __future__ import annotations
@@ -144,3 +145,7 @@ class WhatsAppError(GatewayError):
 
 class NotConnected(WhatsAppError):
     """The WhatsApp client is not connected."""
+
+
+class SendOutcomeUnknown(WhatsAppError):
+    """The send went out but no answer came back: WhatsApp may or may not have it."""

@@ -294,7 +294,8 @@ async def test_inbound_is_persisted_before_it_is_published(world: World) -> None
 
 
 async def test_unhandled_inbound_is_handed_again_after_a_restart(world: World) -> None:
-    """Messages persisted but never handled (a crash between) are forwarded at the next start; stale ones are not."""
+    """Messages persisted but never handled (a crash between) are forwarded at the next start;
+    stale ones are not, and are closed as expired instead of staying open for ever."""
     await world.start_supervisor()
     handle = await world.paired_agent("bot-a", "628123450001")
     await world.stop_supervisor()
@@ -333,7 +334,7 @@ async def test_unhandled_inbound_is_handed_again_after_a_restart(world: World) -
             (fresh_row, stale_row),
         ).fetchall()
     )
-    assert outcome == [(fresh_row, "forwarded", True), (stale_row, None, False)]
+    assert outcome == [(fresh_row, "forwarded", True), (stale_row, "expired", True)]
 
 
 async def test_the_501st_queued_send_is_refused_at_once(world: World) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import psycopg
@@ -14,13 +15,14 @@ import pytest
 import trio
 import trio.testing
 
-from gatewayd.errors import IdempotencyConflict
+from gatewayd.config import Config
+from gatewayd.errors import AgentStopped, GatewayError, IdempotencyConflict
 from gatewayd.nursery.agent import AgentHandle
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.nursery.inbound import InboundWriter
 from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store
-from gatewayd.store.db import Connection, Database
+from gatewayd.store.db import Connection, Database, open_database
 from gatewayd.store.messages import StoredInbound
 from gatewayd.textsafe import restore
 from gatewayd.whatsapp.port import InboundMessage
@@ -165,6 +167,63 @@ async def test_a_message_that_cannot_be_stored_is_quarantined_and_the_writer_goe
     assert ("3ABROKEN", None, "quarantined", "unstorable: TypeError") in stored
     assert {text for _, text, status, _ in stored if status == "received"} == {"before", "after"}
     assert await writer.persist(agent_uuid, inbound("later")) is not None
+
+
+async def test_a_database_refusing_every_write_holds_messages_back_instead_of_dropping_them(
+    database: Database, agent_uuid: uuid.UUID, pg_dsn: str, nursery: trio.Nursery
+) -> None:
+    """A read-only database (a failover to a standby) is the database's fault, not the
+    messages': they wait, nothing is dropped or quarantined, and all go in once it is writable."""
+    name = urlsplit(pg_dsn).path.lstrip("/")
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SET default_transaction_read_only = off")
+            admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {on}')
+            # Sessions read the setting when they start: end every other one.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    await trio.to_thread.run_sync(read_only, True)
+    async with open_database(pg_dsn, max_size=2) as db:  # new sessions: read-only
+        writer = InboundWriter(db, lambda _a, _s: None)
+        await nursery.start(writer.run)
+        ids: list[int | None] = []
+
+        async def callback(n: int) -> None:
+            ids.append(await writer.persist(agent_uuid, inbound(f"m{n}")))
+
+        async with trio.open_nursery() as callbacks:
+            for n in range(8):
+                callbacks.start_soon(callback, n)
+            with trio.fail_after(30):
+                while writer.refusals < 2:  # it met the refusal and keeps trying
+                    await trio.sleep(0.05)
+            assert ids == []  # still waiting: nothing acknowledged, nothing dropped
+            await trio.to_thread.run_sync(read_only, False)
+        assert len(ids) == 8 and None not in ids
+    assert await rows(
+        database, "SELECT count(*), count(*) FILTER (WHERE status = 'received') FROM messages"
+    ) == [(8, 8)]
+
+
+async def test_an_absurdly_long_message_id_is_cut_to_fit_with_the_original_kept(
+    database: Database, agent_uuid: uuid.UUID, nursery: trio.Nursery
+) -> None:
+    """A 10 KB WhatsApp id (too large for the unique index) neither stalls the writer nor is
+    dropped: it is stored under its first 128 characters, the whole id kept beside it."""
+    writer = InboundWriter(database, lambda _a, _s: None)
+    await nursery.start(writer.run)
+    long_id = "3A" + "F" * 10_000
+    with trio.fail_after(30):
+        row_id = await writer.persist(agent_uuid, inbound("long", id=long_id))
+        assert await writer.persist(agent_uuid, inbound("next")) is not None
+    [(wa_id, payload)] = await rows(
+        database, "SELECT wa_message_id, payload FROM messages WHERE id = %s", row_id
+    )
+    assert wa_id == long_id[:128] and restore(payload["escaped"]["id"]) == long_id
 
 
 async def test_nul_and_lone_surrogates_are_stored_cleaned_with_the_original_kept(
@@ -385,3 +444,40 @@ async def test_a_message_the_adapter_cannot_read_is_quarantined_with_its_raw_byt
     )
     assert kept[0] == ("3AX\ufffd", "quarantined", "quarantined:DecodeError", "AP9nYXJiYWdl")
     assert kept[1][0].startswith("unreadable:") and kept[1][2] == "quarantined:KeyError"
+
+
+async def test_a_send_still_queued_when_its_agent_restarts_is_refused_and_its_key_freed(
+    world: World,  # noqa: F811
+) -> None:
+    """A queued API send whose agent is restarted: its caller hears at once that it was not
+    sent, the row is failed, and a retry with the same key goes out once."""
+    world.config = Config.from_mapping(
+        {"agents": {"send_rate_per_minute": 0.001, "send_burst": 1, "restart_initial": 0.05}}
+    )
+    sup = await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="first"))  # takes the only token
+    outcome: list[BaseException] = []
+
+    async def queued() -> None:
+        try:
+            await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="second"), idempotency_key="K")
+        except GatewayError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as callers:
+        callers.start_soon(queued)
+        with trio.fail_after(30):
+            while handle.queue_depth() < 1:
+                await trio.sleep(0.01)
+        with world.bus.subscribe("bot-a") as events:
+            await sup.restart("bot-a")
+            await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+    assert [type(e) for e in outcome] == [AgentStopped]
+    assert await rows(
+        world.db, "SELECT status, idempotency_key FROM messages WHERE text = 'second'"
+    ) == [("failed", None)]
+    sent = await sup.send("bot-a", Outgoing(to=CUSTOMER_JID, text="second"), idempotency_key="K")
+    assert [r.message_id for r in world.sim.sent("bot-a") if r.text == "second"] == [
+        sent.message_id
+    ]

@@ -37,7 +37,14 @@ import structlog
 import trio
 
 from gatewayd import textsafe
-from gatewayd.errors import AgentStopped, GatewayError, NotConnected, StoreError, StoreUnavailable
+from gatewayd.errors import (
+    AgentStopped,
+    GatewayError,
+    NotConnected,
+    SendOutcomeUnknown,
+    StoreError,
+    StoreUnavailable,
+)
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.nursery.bus import BusEvent
 from gatewayd.nursery.commands import Outgoing, SendCommand, Sent, result_of
@@ -45,6 +52,7 @@ from gatewayd.nursery.ratelimit import TokenBucket
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
+from gatewayd.store.db import Database
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import after_unavailable, wait_for_database
 from gatewayd.whatsapp.port import (
@@ -135,12 +143,35 @@ class AgentHandle:
     def queue_depth(self) -> int:
         return self.commands.statistics().current_buffer_used
 
+    def take_queued(self) -> list[SendCommand]:
+        """Remove and return the commands still waiting (the agent is stopping)."""
+        taken: list[SendCommand] = []
+        while True:
+            try:
+                taken.append(self._commands_receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return taken
+
     def set_connected(self, connected: bool) -> None:
         self.connected = connected
         if connected:
             self.online.set()
         elif self.online.is_set():
             self.online = trio.Event()
+
+
+async def refuse_queued(db: Database, command: SendCommand, reason: str) -> None:
+    """Answer a command that will never be sent, and free its row's key."""
+    _answer(command, outcome.Error(AgentStopped(f"The message was not sent: {reason}")))
+    await _release_shielded(db, command.row_id, reason)
+
+
+async def _release_shielded(db: Database, row_id: int, reason: str) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(5):
+        try:
+            await outbound_store.release_key(db, row_id, reason)
+        except StoreError:
+            pass  # still "pending": the next start records it as failed
 
 
 def _answer(command: SendCommand, result: outcome.Outcome[Sent]) -> None:
@@ -195,6 +226,7 @@ class AgentTree:
     async def _run_tree(self) -> None:
         handle, db = self.handle, self.sup.db
         handle.terminal = False
+        handle.set_connected(False)  # a crashed tree's client is gone; the new one says when
         events_send, events_receive = trio.open_memory_channel[ClientEvent](64)
         inbound_send, inbound_receive = trio.open_memory_channel[StoredInbound](math.inf)
         try:
@@ -202,21 +234,27 @@ class AgentTree:
                 nursery.start_soon(self._handle_events, events_receive)
                 nursery.start_soon(self._send_worker)
                 nursery.start_soon(self._outbox)
-                nursery.start_soon(self._forwarder, inbound_receive)
+                scan = _Scan()
+                nursery.start_soon(self._forwarder, inbound_receive, scan)
                 # From here on newly stored messages come to this tree; those stored before
                 # (a crash, a restart, a tree that died) are read back. A row may arrive both
                 # ways: the forwarder skips what it has seen.
                 handle.inbound = inbound_send
                 age = self.sup.config().agents.redeliver_max_age
-                for stored in await wait_for_database(
+                stored_rows, expired = await wait_for_database(
                     db, lambda: messages_store.unhandled_inbound(db, handle.id, age)
-                ):
+                )
+                if expired:
+                    log.warning("gatewayd.inbound.expired", count=expired, maxAge=age)
+                for stored in stored_rows:
                     log.info(
                         "gatewayd.inbound.redelivered",
                         rowId=stored.row_id,
                         messageId=stored.message.id,
                     )
+                    scan.rows.add(stored.row_id)
                     inbound_send.send_nowait(stored)
+                scan.done.set()
                 async with events_send:
                     await self._client_loop(_Sink(self, events_send))
                 # The connection ended for good: the tree stays up so queued sends are
@@ -378,8 +416,10 @@ class AgentTree:
                 answered = True
             finally:
                 if not answered:
-                    # Cancelled or crashed mid-send: the caller must not wait forever.
+                    # Cancelled or crashed mid-send: the caller must not wait forever, and a
+                    # row WhatsApp never had frees its key (one it may have is "unknown").
                     _answer(command, outcome.Error(AgentStopped("The agent stopped while sending")))
+                    await _release_shielded(self.sup.db, command.row_id, "the agent stopped")
 
     async def _outbox(self) -> None:
         """Send the agent's queued rows (AI replies, reports) whenever it is connected."""
@@ -392,11 +432,12 @@ class AgentTree:
                 await wake.wait()
                 continue
             for row in rows:
-                if not handle.connected:
+                # Stop at the first row that is not settled: replies keep their order.
+                if not handle.connected or not await self._send_queued(row):
                     break
-                await self._send_queued(row)
 
-    async def _send_queued(self, row: outbound_store.OutboundRow) -> None:
+    async def _send_queued(self, row: outbound_store.OutboundRow) -> bool:
+        """Send one queued row; False when it is still queued (try again later)."""
         handle, db = self.handle, self.sup.db
         max_age = self.sup.config().agents.reply_max_age
         age = (datetime.now(UTC) - row.created_at).total_seconds()
@@ -408,20 +449,25 @@ class AgentTree:
                     db, lambda: outbound_store.finish(db, row.row_id, "expired", error)
                 )
                 self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_expired")
-                return
+                return True
             await handle.bucket.take()
             try:
                 await self._deliver(row.row_id, row.message, row.trace_id, resumable=True)
             except NotConnected:
-                return  # queued again; sent after the next Connected
+                return False  # queued again; sent after the next Connected
             except StoreUnavailable:
                 await after_unavailable(self.sup.db)
-                return
+                return False
+            except SendOutcomeUnknown as exc:
+                log.warning("gatewayd.send.unknown", error=exc.message)
+                self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_unknown")
+                return True
             except GatewayError as exc:
                 log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
                 self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_failed")
-                return
+                return True
             self._publish_handled(row.reply_to, row.reply_to_wa_id, "replied")
+            return True
 
     def _publish_handled(
         self, inbound_row: int | None, message_id: str | None, result: str
@@ -451,7 +497,15 @@ class AgentTree:
             if resumable:
                 await wait_for_database(db, lambda: outbound_store.requeue(db, row_id))
             else:
-                await wait_for_database(db, lambda: outbound_store.release_key(db, row_id, reason))
+                await wait_for_database(
+                    db, lambda: outbound_store.release_key(db, row_id, reason, sending=True)
+                )
+            raise
+        except SendOutcomeUnknown as exc:
+            reason = exc.message
+            await wait_for_database(
+                db, lambda: outbound_store.finish(db, row_id, "unknown", reason)
+            )
             raise
         except GatewayError as exc:
             reason = exc.message
@@ -530,12 +584,22 @@ class AgentTree:
 
     # ------------------------------------------------------------------ forwarding
 
-    async def _forwarder(self, inbound: trio.MemoryReceiveChannel[StoredInbound]) -> None:
-        seen: set[int] = set()
+    async def _forwarder(
+        self, inbound: trio.MemoryReceiveChannel[StoredInbound], scan: _Scan
+    ) -> None:
+        # Only rows the start-up scan read back can arrive twice (from the scan and from the
+        # writer, around the moment this tree took over): remember those, and only until
+        # their second copy has passed.
+        await scan.done.wait()
+        twice, taken = set(scan.rows), set[int]()
         async for stored in inbound:
-            if stored.row_id in seen:
-                continue  # arrived both from the scan and from the writer
-            seen.add(stored.row_id)
+            row = stored.row_id
+            if row in twice:
+                if row in taken:
+                    twice.discard(row)
+                    taken.discard(row)
+                    continue
+                taken.add(row)
             with structlog.contextvars.bound_contextvars(messageId=stored.message.id):
                 await self._forward_one(stored)
 
@@ -577,6 +641,14 @@ class AgentTree:
         log.error("gatewayd.inbound.quarantined", rowId=stored.row_id, reason=reason)
         await wait_for_database(db, lambda: messages_store.quarantine(db, stored.row_id, reason))
         self._publish_handled(stored.row_id, stored.message.id, f"quarantined:{reason}")
+
+
+@attrs.define(eq=False)
+class _Scan:
+    """The rows a tree read back at its start, once it has."""
+
+    rows: set[int] = attrs.Factory(set)
+    done: trio.Event = attrs.Factory(trio.Event)
 
 
 class _Sink:

@@ -26,7 +26,7 @@ from gatewayd.errors import (
     SessionNotReady,
 )
 from gatewayd.metrics import Metrics
-from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward
+from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward, refuse_queued
 from gatewayd.nursery.bus import BusEvent, EventBus
 from gatewayd.nursery.commands import Outgoing, Sent, new_send
 from gatewayd.nursery.groupcommit import GroupCommit
@@ -166,6 +166,8 @@ class AgentSupervisor:
             handle.cancel_scope.cancel()
             await handle.done.wait()
             handle.commands.close()
+            for command in handle.take_queued():
+                await refuse_queued(self.db, command, "the agent was stopped")
             if status is not None:
                 await agents_store.set_status(self.db, handle.id, status, reason)
         elif status is not None:
@@ -272,11 +274,16 @@ class AgentSupervisor:
         outcome is unknown). Refusals before anything was handed over (not connected, queue
         full) leave the key free for a retry.
         """
-        handle = self._ready(agent_id)
         if idempotency_key is not None:
-            first = await outbound_store.find_by_key(self.db, handle.id, idempotency_key)
-            if first is not None:
-                return _replay(first)
+            # A retry gets the first answer even while the agent is away.
+            running = self._handles.get(agent_id)
+            record = None if running else await agents_store.get_agent(self.db, agent_id)
+            agent_uuid = running.id if running else record.id if record else None
+            if agent_uuid is not None:
+                first = await outbound_store.find_by_key(self.db, agent_uuid, idempotency_key)
+                if first is not None:
+                    return _replay(first)
+        handle = self._ready(agent_id)
         row_id = await outbound_store.insert_pending(
             self.db, handle.id, message, trace_id=trace_id, key=idempotency_key
         )

@@ -119,6 +119,7 @@ class Forwarder:
                 message_row=stored.row_id,
                 count_errors=True,
                 idempotency_key=message.id,
+                wait_for_store=True,
             )
         except GatewayError as exc:
             reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
@@ -192,8 +193,11 @@ async def ai_call(
     message_row: int | None = None,
     count_errors: bool = False,
     idempotency_key: str | None = None,
+    wait_for_store: bool = False,
 ) -> AIAnswer:
     """Call the agent's AI endpoint; record the execution and the latency either way.
+
+    ``wait_for_store``: recording waits out a database outage instead of failing.
 
     ``count_errors``: count a failure in whatsapp_errors_total here (the forwarder);
     HTTP callers leave it to the HTTP edge, which counts every error answer once."""
@@ -223,8 +227,9 @@ async def ai_call(
         )
         if count_errors:
             gateway.metrics.wa_errors.labels(code).inc()
-        await record_execution(
-            gateway.db,
+        await _record(
+            gateway,
+            wait_for_store,
             record.id,
             request=payload,
             response=None,
@@ -236,8 +241,9 @@ async def ai_call(
         )
         raise
     gateway.metrics.wa_ai_latency.observe(answer.duration)
-    await record_execution(
-        gateway.db,
+    await _record(
+        gateway,
+        wait_for_store,
         record.id,
         request=payload,
         response=answer.body,
@@ -247,3 +253,13 @@ async def ai_call(
         message_id=message_row,
     )
     return answer
+
+
+async def _record(gateway: Gateway, wait: bool, agent_uuid: uuid.UUID, **fields: Any) -> None:
+    """Record an AI call. ``wait``: through a database outage (the forwarder: failing here
+    would make it call the AI again for an answer it already has)."""
+    db = gateway.db
+    if wait:
+        await wait_for_database(db, lambda: record_execution(db, agent_uuid, **fields))
+    else:
+        await record_execution(db, agent_uuid, **fields)

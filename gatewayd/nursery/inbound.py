@@ -14,6 +14,7 @@ non-transient reason is split, and a message that cannot be stored even alone is
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable
@@ -23,7 +24,8 @@ import structlog
 import trio
 
 from gatewayd import textsafe
-from gatewayd.errors import StoreError
+from gatewayd.errors import StoreError, StoreUnavailable
+from gatewayd.nursery.backoff import Backoff
 from gatewayd.store import messages as messages_store
 from gatewayd.store.db import Database
 from gatewayd.store.messages import NewInbound, StoredInbound
@@ -41,13 +43,34 @@ DRAIN_TIMEOUT = 5.0
 Deliver = Callable[[uuid.UUID, StoredInbound], None]
 
 
+#: WhatsApp ids are ~20-32 characters; a longer one is cut (the original kept) so that it
+#: always fits the unique index.
+MAX_ID = 128
+
+
 def sanitize_inbound(message: InboundMessage) -> tuple[InboundMessage, dict[str, str]]:
     """The message with every string made storable, and the originals of those changed."""
     raw = messages_store.unstructure_inbound(message)
     cleaned, escaped = textsafe.clean_tree(raw)
+    if len(cleaned["id"]) > MAX_ID:
+        escaped.setdefault("id", json.dumps(raw["id"]))
+        cleaned["id"] = cleaned["id"][:MAX_ID]
     if not escaped:
         return message, {}
     return messages_store.structure_inbound(cleaned), escaped
+
+
+def _blames_message(exc: Exception) -> bool:
+    """Whether a failed insert is the message's fault (keep it aside) rather than the
+    database's (wait and try again: dropping would lose every message while it lasts)."""
+    if not isinstance(exc, StoreError):
+        return True  # the message could not even be turned into parameters
+    if isinstance(exc, StoreUnavailable):
+        return False
+    details = exc.details if isinstance(exc.details, dict) else {}
+    state = str(details.get("sqlstate") or "")
+    # Data exceptions, program limits, integrity rules other than "its agent is gone".
+    return state[:2] in ("22", "54") or (state.startswith("23") and state != "23503")
 
 
 @attrs.define(eq=False)
@@ -72,6 +95,8 @@ class InboundWriter:
         #: Messages committed, and transactions used (for the benchmark and metrics).
         self.committed = 0
         self.batches = 0
+        #: Rounds the database refused for its own reasons (waited out, never dropped).
+        self.refusals = 0
 
     async def persist(
         self, agent_uuid: uuid.UUID, message: InboundMessage, trace_id: str | None = None
@@ -88,19 +113,24 @@ class InboundWriter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        batch: list[_Pending] = []
         try:
             while True:
-                batch = [await self._receive.receive()]
-                await self._commit(self._fill(batch))
+                batch = self._fill([await self._receive.receive()])
+                await self._commit(batch)
         finally:
+            unfinished = [p for p in batch if not p.done.is_set()]
             # Shutting down: what was handed to us may already be acknowledged upstream
             # (whatsmeow acks before we see it), so commit it before going, boundedly.
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + DRAIN_TIMEOUT
-                while (batch := self._fill([])) and not scope.cancel_called:
+                # The round that was cancelled first (a row it did commit comes back as a
+                # duplicate and is picked up by the agent's next start), then the queue.
+                while batch := unfinished or self._fill([]):
+                    unfinished = []
                     await self._commit(batch)
-                if scope.cancelled_caught:
-                    log.error("gatewayd.inbound.drain_timeout", left=self.queued())
+            if scope.cancelled_caught:
+                log.error("gatewayd.inbound.drain_timeout", left=self.queued())
 
     def _fill(self, batch: list[_Pending]) -> list[_Pending]:
         while len(batch) < self._max_batch:
@@ -116,7 +146,8 @@ class InboundWriter:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         # Nothing a message holds may stop the writer every agent shares: whatever cannot be
-        # prepared or stored is quarantined, the rest goes in.
+        # prepared or stored is quarantined, the rest goes in. A failure that is the
+        # database's, not the message's, is waited out: nothing is dropped while it lasts.
         ready: list[_Pending] = []
         for pending in batch:
             if pending.item is None:
@@ -130,19 +161,25 @@ class InboundWriter:
         if not ready:
             return
         items = [p.item for p in ready if p.item is not None]
-        try:
-            ids = await wait_for_database(
-                self._db, lambda: messages_store.insert_inbound_batch(self._db, items)
-            )
-        except Exception as exc:
-            if len(ready) > 1:
-                # Find the one that cannot be stored; the others go in as usual.
-                half = len(ready) // 2
-                await self._commit(ready[:half])
-                await self._commit(ready[half:])
-                return
-            await self._quarantine(ready[0], exc)
-            return
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                ids = await self._insert(items)
+                break
+            except Exception as exc:
+                if _blames_message(exc):
+                    if len(ready) > 1:
+                        half = len(ready) // 2
+                        await self._commit(ready[:half])
+                        await self._commit(ready[half:])
+                    else:
+                        await self._quarantine(ready[0], exc)
+                    return
+                log.error(
+                    "gatewayd.inbound.store_failed", error=type(exc).__name__, waiting=len(ready)
+                )
+                self.refusals += 1
+                await trio.sleep(backoff.next())
         self.batches += 1
         for pending, item, row_id in zip(ready, items, ids, strict=True):
             pending.row_id = row_id
@@ -155,24 +192,49 @@ class InboundWriter:
                     log.exception("gatewayd.inbound.deliver_failed", rowId=row_id)
             pending.done.set()
 
+    async def _insert(self, items: list[NewInbound]) -> list[int | None]:
+        """One insert of ``items``, waiting out an outage; a failure that is not an outage
+        (a lock or statement timeout) is tried three times, then raised."""
+        tries = 0
+        while True:
+            try:
+                return await messages_store.insert_inbound_batch(self._db, items)
+            except StoreUnavailable:
+                if not self._db.available:
+                    await self._db.wait_available()
+                    continue
+                tries += 1
+                if tries >= 3:
+                    raise
+                await trio.sleep(0.1 * 2**tries)
+
     async def _quarantine(self, pending: _Pending, exc: Exception) -> None:
         """Keep the id of a message that cannot be stored, and why; wake its caller."""
-        message_id = textsafe.clean(str(pending.message.id))[:200] or "unidentified"
+        message_id = textsafe.clean(str(pending.message.id))[:MAX_ID] or "unidentified"
         reason = f"unstorable: {type(exc).__name__}"
         details = exc.details if isinstance(exc, StoreError) else None
         sqlstate = details.get("sqlstate") if isinstance(details, dict) else None
         log.error(
             "gatewayd.inbound.quarantined", messageId=message_id, reason=reason, sqlstate=sqlstate
         )
+        backoff = Backoff(0.1, 5.0)
         try:
-            await wait_for_database(
-                self._db,
-                lambda: messages_store.quarantine_inbound(
-                    self._db, pending.agent_uuid, message_id, reason
-                ),
-            )
-        except StoreError:
-            # Not even its id can be stored (the agent was deleted meanwhile): nothing to keep.
-            log.error("gatewayd.inbound.dropped", messageId=message_id)
+            while True:
+                try:
+                    await wait_for_database(
+                        self._db,
+                        lambda: messages_store.quarantine_inbound(
+                            self._db, pending.agent_uuid, message_id, reason
+                        ),
+                    )
+                    return
+                except StoreError as failure:
+                    details = failure.details if isinstance(failure.details, dict) else {}
+                    if details.get("sqlstate") == "23503":
+                        # Its agent was deleted meanwhile: there is nothing to keep it for.
+                        log.warning("gatewayd.inbound.dropped", messageId=message_id)
+                        return
+                    log.error("gatewayd.inbound.store_failed", error=type(failure).__name__)
+                    await trio.sleep(backoff.next())
         finally:
             pending.done.set()

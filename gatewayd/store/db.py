@@ -73,6 +73,9 @@ def map_exceptions() -> Iterator[None]:
         logger.info("gatewayd.db.conflict", error=_message(exc), **_details(exc))
         raise _noted(Conflict(_CONFLICT, details=_details(exc)), exc) from exc
     except psycopg.OperationalError as exc:  # includes PoolTimeout and PoolClosed
+        if _permanent(exc):
+            logger.error("gatewayd.db.failed", error=_message(exc), **_details(exc))
+            raise _noted(StoreError(_FAILED, details=_details(exc)), exc) from exc
         logger.warning("gatewayd.db.unavailable", error=_message(exc), sqlstate=exc.sqlstate)
         raise _noted(StoreUnavailable(UNAVAILABLE), exc) from exc
     except psycopg.Error as exc:
@@ -83,6 +86,14 @@ def map_exceptions() -> Iterator[None]:
 def _noted(error: StoreError, exc: psycopg.Error) -> StoreError:
     error.add_note(f"PostgreSQL: {_message(exc)}")
     return error
+
+
+def _permanent(exc: psycopg.OperationalError) -> bool:
+    """OperationalErrors that retrying the same statement cannot fix: a program limit
+    (class 54: an index row too large, too many columns) or a resource the statement itself
+    exhausts (class 53: out of memory or disk), except too many connections (53300)."""
+    state = exc.sqlstate or ""
+    return state.startswith("54") or (state.startswith("53") and state != "53300")
 
 
 def is_outage(exc: BaseException | None) -> bool:

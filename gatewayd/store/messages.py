@@ -194,18 +194,25 @@ async def quarantine(db: Database, row_id: int, reason: str) -> None:
 
 async def unhandled_inbound(
     db: Database, agent_uuid: uuid.UUID, max_age: float
-) -> list[StoredInbound]:
+) -> tuple[list[StoredInbound], int]:
     """Inbound messages persisted but not yet taken up (never answered), younger than
-    ``max_age`` seconds, oldest first."""
+    ``max_age`` seconds, oldest first; and how many older ones were given up now (handled,
+    outcome ``expired``), so none stays open for ever unnoticed."""
 
-    def work(conn: Connection) -> list[StoredInbound]:
+    def work(conn: Connection) -> tuple[list[StoredInbound], int]:
+        expired = conn.execute(
+            "UPDATE messages SET handled_at = now(), outcome = 'expired' WHERE agent_id = %s"
+            " AND direction = 'inbound' AND handled_at IS NULL AND status = 'received'"
+            " AND created_at <= now() - make_interval(secs => %s)",
+            (agent_uuid, max_age),
+        ).rowcount
         rows = conn.execute(
             "SELECT id, payload, trace_id FROM messages WHERE agent_id = %s AND direction = 'inbound'"
             " AND handled_at IS NULL AND status = 'received' AND payload IS NOT NULL"
             " AND created_at > now() - make_interval(secs => %s) ORDER BY created_at, id",
             (agent_uuid, max_age),
         ).fetchall()
-        return [StoredInbound(int(r[0]), structure_inbound(r[1]), r[2]) for r in rows]
+        return [StoredInbound(int(r[0]), structure_inbound(r[1]), r[2]) for r in rows], expired
 
     return await db.run(work)
 

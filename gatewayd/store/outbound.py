@@ -134,14 +134,18 @@ async def find_by_key(db: Database, agent_uuid: uuid.UUID, key: str) -> KeyedSen
     return await db.run(work)
 
 
-async def release_key(db: Database, row_id: int, reason: str) -> None:
-    """An API send refused before it was handed over: failed, and its key free again."""
+async def release_key(db: Database, row_id: int, reason: str, *, sending: bool = False) -> None:
+    """An API send refused before WhatsApp had it: failed, and its key free again.
+
+    ``sending``: the row was already marked ``sending`` but the client refused before
+    sending (not connected), so it may be released too."""
+    states = ("pending", "sending") if sending else ("pending",)
 
     def work(conn: Connection) -> None:
         conn.execute(
             "UPDATE messages SET status = 'failed', error = %s, idempotency_key = NULL"
-            " WHERE id = %s AND status = 'pending'",
-            (reason, row_id),
+            " WHERE id = %s AND status = ANY(%s)",
+            (reason, row_id, list(states)),
         )
 
     await db.run(work)
@@ -154,15 +158,23 @@ async def queue_reply(
     message: Outgoing,
     *,
     trace_id: str | None,
-) -> int:
-    """Durably queue the AI's reply to ``inbound_row``, which becomes ``answered``."""
+) -> int | None:
+    """Durably queue the AI's reply to ``inbound_row``, which becomes ``answered``; None (and
+    nothing queued) when that message is no longer waiting for an answer (handled,
+    quarantined, or answered already by someone else)."""
 
-    def work(conn: Connection) -> int:
+    def work(conn: Connection) -> int | None:
+        taken = conn.execute(
+            "UPDATE messages SET status = 'answered' WHERE id = %s AND status = 'received'"
+            " AND handled_at IS NULL RETURNING id",
+            (inbound_row,),
+        ).fetchone()
+        if taken is None:
+            return None
         row_id = _insert(
             conn, agent_uuid, message, status="queued", trace_id=trace_id, reply_to=inbound_row
         )
         assert row_id is not None  # no key: no conflict possible
-        conn.execute("UPDATE messages SET status = 'answered' WHERE id = %s", (inbound_row,))
         return row_id
 
     return await db.run(work)

@@ -21,7 +21,7 @@ import httpx
 import structlog
 import trio
 
-from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
+from gatewayd.errors import InvalidRecipient, NotConnected, SendOutcomeUnknown, WhatsAppError
 from gatewayd.whatsapp.port import (
     CONNECTION_END_TYPES,
     ClientEvent,
@@ -102,7 +102,8 @@ class SimnetBackend:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotConnected(f"simnet unreachable ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise WhatsAppError(f"simnet did not answer ({type(exc).__name__})") from None
+            # The request may have been taken: for a send, its outcome is unknown.
+            raise SendOutcomeUnknown(f"simnet did not answer ({type(exc).__name__})") from None
         try:
             payload = response.json()
         except ValueError:
