@@ -30,7 +30,14 @@ from starlette.routing import Route
 from gatewayd.store.embedded import EmbeddedPostgres
 from tests.daemon import Daemon
 from tests.loopback import serve_app
-from tests.test_simnet import free_port, start_simnet, stop, wait_line
+from tests.test_simnet import (
+    free_port,
+    link_agent,
+    start_simnet,
+    stop,
+    wait_line,
+    write_daemon_config,
+)
 
 CUSTOMER = "6281111111111"
 BURST = 1000
@@ -60,23 +67,8 @@ async def start_echo_ai(nursery: trio.Nursery) -> EchoAI:
 
 
 def write_config(path: Path, pg_dsn: str, sim_url: str, ai_url: str) -> None:
-    path.write_text(
-        f"""
-[server]
-port = 0
-shutdown_grace = 2.0
-
-[database]
-url = "{pg_dsn}"
-pool_max = 6
-
-[log]
-format = "json"
-
-[whatsapp]
-mode = "sim"
-sim_url = "{sim_url}"
-
+    """The simnet daemon's config, with the echo AI and no send pacing to wait for."""
+    extra = f"""
 [ai]
 backend_url = "{ai_url}"
 
@@ -84,7 +76,7 @@ backend_url = "{ai_url}"
 send_rate_per_minute = 1000000.0
 send_burst = 100000
 """
-    )
+    write_daemon_config(path, pg_dsn, sim_url, extra)
 
 
 def query(pg_dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -117,11 +109,7 @@ async def test_a_burst_survives_kill_9_of_the_daemon(
         httpx.AsyncClient(base_url=simnet.base_url, timeout=120, limits=limits) as sim,
         httpx.AsyncClient(base_url=daemon.base_url, timeout=30) as api,
     ):
-        r = await api.post("/sessions", json={"userId": "u1", "agentId": "burst", "apikey": "k"})
-        assert r.status_code == 201, r.text
-        r = await sim.post("/_sim/agents/burst/scan", json={"phone": "628123450009"})
-        assert r.status_code == 200, r.text
-        await wait_line(daemon, "gatewayd.agent.status", agentId="burst", status="connected")
+        await link_agent(daemon, api, sim, "burst", "628123450009")
 
         ids: dict[str, str] = {}  # WhatsApp id -> text
         acked: set[str] = set()
@@ -207,11 +195,7 @@ async def test_postgres_killed_for_20_s_under_load_loses_nothing(
         httpx.AsyncClient(base_url=simnet.base_url, timeout=30) as sim,
         httpx.AsyncClient(base_url=daemon.base_url, timeout=30) as api,
     ):
-        r = await api.post("/sessions", json={"userId": "u1", "agentId": "steady", "apikey": "k"})
-        assert r.status_code == 201, r.text
-        r = await sim.post("/_sim/agents/steady/scan", json={"phone": "628123450010"})
-        assert r.status_code == 200, r.text
-        await wait_line(daemon, "gatewayd.agent.status", agentId="steady", status="connected")
+        await link_agent(daemon, api, sim, "steady", "628123450010")
 
         ids: dict[str, str] = {}  # WhatsApp id -> text
         times: dict[str, float] = {}
@@ -321,17 +305,11 @@ async def test_the_embedded_postgres_is_restarted_and_dies_with_the_daemon(
     ai = await start_echo_ai(nursery)
     simnet = await start_simnet(nursery, tmp_path / "net.json")
     config = tmp_path / "gatewayd.toml"
-    write_config(config, "", simnet.base_url, ai.url)
-    text = config.read_text().replace('url = ""', f'url = ""\ndata_dir = "{tmp_path / "data"}"')
-    config.write_text(text)
+    write_config(config, "", simnet.base_url, ai.url)  # no URL: the embedded PostgreSQL
     daemon = await Daemon.start(nursery, ["--config", str(config)])
     async with httpx.AsyncClient(base_url=simnet.base_url, timeout=60) as sim:
         async with httpx.AsyncClient(base_url=daemon.base_url, timeout=30) as api:
-            r = await api.post("/sessions", json={"userId": "u1", "agentId": "own", "apikey": "k"})
-            assert r.status_code == 201, r.text
-        r = await sim.post("/_sim/agents/own/scan", json={"phone": "628123450011"})
-        assert r.status_code == 200, r.text
-        await wait_line(daemon, "gatewayd.agent.status", agentId="own", status="connected")
+            await link_agent(daemon, api, sim, "own", "628123450011")
         inject = {"from": CUSTOMER, "text": "before"}
         assert (await sim.post("/_sim/agents/own/inject", json=inject)).status_code == 200
 

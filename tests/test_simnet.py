@@ -268,7 +268,9 @@ class PausableProxy:
         scope.cancel()
 
 
-def write_daemon_config(path: Path, pg_dsn: str, sim_url: str) -> None:
+def write_daemon_config(path: Path, pg_dsn: str, sim_url: str, extra: str = "") -> None:
+    """A daemon config on ``pg_dsn`` (empty: the embedded PostgreSQL) and the simnet at
+    ``sim_url``; ``extra`` is more TOML appended as it is."""
     path.write_text(
         f"""
 [server]
@@ -277,7 +279,8 @@ shutdown_grace = 2.0
 
 [database]
 url = "{pg_dsn}"
-pool_max = 3
+data_dir = "{path.parent / "data"}"
+pool_max = 6
 
 [log]
 format = "json"
@@ -285,8 +288,19 @@ format = "json"
 [whatsapp]
 mode = "sim"
 sim_url = "{sim_url}"
-"""
+{extra}"""
     )
+
+
+async def link_agent(
+    daemon: Daemon, api: httpx.AsyncClient, sim: httpx.AsyncClient, agent_id: str, phone: str
+) -> None:
+    """Create the session over the agents API, scan its QR on the simnet, wait until connected."""
+    r = await api.post("/sessions", json={"userId": "u1", "agentId": agent_id, "apikey": "k"})
+    assert r.status_code == 201, r.text
+    r = await sim.post(f"/_sim/agents/{agent_id}/scan", json={"phone": phone})
+    assert r.status_code == 200, r.text
+    await wait_line(daemon, "gatewayd.agent.status", agentId=agent_id, status="connected")
 
 
 async def test_unacknowledged_message_is_redelivered_after_kill_9(
@@ -306,11 +320,7 @@ async def test_unacknowledged_message_is_redelivered_after_kill_9(
         httpx.AsyncClient(base_url=simnet.base_url, timeout=30) as sim,
         httpx.AsyncClient(base_url=daemon.base_url, timeout=30) as api,
     ):
-        r = await api.post("/sessions", json={"userId": "u1", "agentId": "bot-k", "apikey": "k"})
-        assert r.status_code == 201, r.text
-        r = await sim.post("/_sim/agents/bot-k/scan", json={"phone": "628123450005"})
-        assert r.status_code == 200, r.text
-        await wait_line(daemon, "gatewayd.agent.status", agentId="bot-k", status="connected")
+        await link_agent(daemon, api, sim, "bot-k", "628123450005")
 
         proxy.pause()  # the daemon's commit of the next message cannot finish
         r = await inject(sim, "bot-k", "in flight", waitSeconds=1)

@@ -87,7 +87,8 @@ def _sim(request: Request) -> tuple[SimulatedWhatsApp, str]:
     return _host(request).network, request.path_params["agent_id"]
 
 
-def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+def body_str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    """``body[key]`` as a non-empty string (None when absent and not required)."""
     value = body.get(key)
     if value is None and not required:
         return None
@@ -117,9 +118,9 @@ async def scan(request: Request) -> Response:
     try:
         paired = host.network.scan(
             agent_id,
-            _str(body, "phone") or "",
-            lid=_str(body, "lid", required=False),
-            push_name=_str(body, "pushName", required=False),
+            body_str(body, "phone") or "",
+            lid=body_str(body, "lid", required=False),
+            push_name=body_str(body, "pushName", required=False),
         )
     except NoQrShowing as exc:
         raise Conflict(exc.message) from None
@@ -146,27 +147,27 @@ def _wait_seconds(body: dict[str, Any]) -> float | None:
 
 def _inject_one(sim: SimulatedWhatsApp, agent_id: str, body: dict[str, Any]) -> InboundMessage:
     kind = body.get("kind", "text")
-    sender = _str(body, "from") or ""
-    text = _str(body, "text", required=False)
+    sender = body_str(body, "from") or ""
+    text = body_str(body, "text", required=False)
     quote = None
     if isinstance(body.get("quote"), dict):
         q = body["quote"]
         quote = Quote(
-            message_id=_str(q, "id") or "",
-            sender=_str(q, "sender") or "",
-            chat=_str(q, "chat") or "",
-            text=_str(q, "text", required=False),
+            message_id=body_str(q, "id") or "",
+            sender=body_str(q, "sender") or "",
+            chat=body_str(q, "chat") or "",
+            text=body_str(q, "text", required=False),
         )
     if kind == "text":
         return sim.inject_text(
             agent_id,
             sender,
             text or "",
-            group=_str(body, "group", required=False),
+            group=body_str(body, "group", required=False),
             mentions=_strs(body, "mentions"),
             quote=quote,
-            push_name=_str(body, "pushName", required=False),
-            sender_lid=_str(body, "senderLid", required=False),
+            push_name=body_str(body, "pushName", required=False),
+            sender_lid=body_str(body, "senderLid", required=False),
             lid_addressing=bool(body.get("lidAddressing", False)),
         )
     if kind in ("image", "document", "audio", "video"):
@@ -175,10 +176,10 @@ def _inject_one(sim: SimulatedWhatsApp, agent_id: str, body: dict[str, Any]) -> 
             kind,
             sender,
             caption=text,
-            group=_str(body, "group", required=False),
+            group=body_str(body, "group", required=False),
             mentions=_strs(body, "mentions"),
             quote=quote,
-            push_name=_str(body, "pushName", required=False),
+            push_name=body_str(body, "pushName", required=False),
         )
     if kind == "status":
         return sim.inject_status(agent_id, sender, text or "")
@@ -254,9 +255,9 @@ async def contact(request: Request) -> Response:
     body = await read_json(request)
     try:
         pn, lid = host.network.add_contact(
-            _str(body, "phone") or "",
-            lid=_str(body, "lid", required=False),
-            push_name=_str(body, "pushName", required=False),
+            body_str(body, "phone") or "",
+            lid=body_str(body, "lid", required=False),
+            push_name=body_str(body, "pushName", required=False),
         )
     except ValueError as exc:
         raise InvalidPayload(str(exc)) from None

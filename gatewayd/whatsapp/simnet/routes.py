@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from gatewayd.errors import InvalidPayload, InvalidRecipient, NotConnected, WhatsAppError
 from gatewayd.http.app import read_json
-from gatewayd.http.routes_sim import AsciiJSONResponse
+from gatewayd.http.routes_sim import AsciiJSONResponse, body_str
 from gatewayd.whatsapp.port import Quote
 from gatewayd.whatsapp.simnet.sessions import Session, SessionHub
 from gatewayd.whatsapp.simnet.wire import event_to_json
@@ -36,15 +36,6 @@ def _hub(request: Request) -> SessionHub:
 
 def _ok(data: Any) -> Response:
     return AsciiJSONResponse({"data": data})
-
-
-def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = body.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidPayload(f"{key!r} must be a non-empty string")
-    return value
 
 
 def _number(body: dict[str, Any], key: str, default: float) -> float:
@@ -77,7 +68,7 @@ async def pair(request: Request) -> Response:
 
 async def connect(request: Request) -> Response:
     body = await read_json(request, any_text=True)
-    device = _str(body, "device") or ""
+    device = body_str(body, "device") or ""
     result = await _hub(request).open_run(request.path_params["agent_id"], device)
     if isinstance(result, Session):
         return _ok({"session": result.id})
@@ -123,10 +114,10 @@ def _quote(body: dict[str, Any]) -> Quote | None:
     if not isinstance(q, dict):
         raise InvalidPayload("'quote' must be an object")
     return Quote(
-        message_id=_str(q, "id") or "",
-        sender=_str(q, "sender") or "",
-        chat=_str(q, "chat") or "",
-        text=_str(q, "text", required=False),
+        message_id=body_str(q, "id") or "",
+        sender=body_str(q, "sender") or "",
+        chat=body_str(q, "chat") or "",
+        text=body_str(q, "text", required=False),
     )
 
 
@@ -134,9 +125,9 @@ async def send(request: Request) -> Response:
     hub = _hub(request)
     client = hub.network.client(request.path_params["agent_id"])
     body = await read_json(request, any_text=True)
-    kind, to, quote = body.get("kind"), _str(body, "to") or "", _quote(body)
-    text = _str(body, "text", required=False)
-    mimetype = _str(body, "mimetype", required=False) or "application/octet-stream"
+    kind, to, quote = body.get("kind"), body_str(body, "to") or "", _quote(body)
+    text = body_str(body, "text", required=False)
+    mimetype = body_str(body, "mimetype", required=False) or "application/octet-stream"
     size = int(_number(body, "size", 0))
     if not 0 <= size <= MAX_MEDIA:
         raise InvalidPayload("'size' is out of range")
@@ -147,12 +138,12 @@ async def send(request: Request) -> Response:
             raise InvalidPayload("'mentions' must be a list of strings")
         call = client.send_text(to, text or "", quote=quote, mentions=mentions)
     elif kind == "image":
-        filename = _str(body, "filename", required=False)
+        filename = body_str(body, "filename", required=False)
         call = client.send_image(
             to, data, mimetype=mimetype, caption=text, filename=filename, quote=quote
         )
     elif kind == "document":
-        filename = _str(body, "filename") or ""
+        filename = body_str(body, "filename") or ""
         call = client.send_document(
             to, data, mimetype=mimetype, filename=filename, caption=text, quote=quote
         )
@@ -177,7 +168,7 @@ async def typing(request: Request) -> Response:
     if not isinstance(on, bool):
         raise InvalidPayload("'on' must be true or false")
     client = hub.network.client(request.path_params["agent_id"])
-    result = await _whatsapp(client.set_typing(_str(body, "chat") or "", on))
+    result = await _whatsapp(client.set_typing(body_str(body, "chat") or "", on))
     hub.persister.changed()
     return result if isinstance(result, Response) else _ok({})
 
@@ -189,7 +180,9 @@ async def read(request: Request) -> Response:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InvalidPayload("'ids' must be a list of strings")
     client = hub.network.client(request.path_params["agent_id"])
-    call = client.mark_read(_str(body, "chat") or "", _str(body, "sender", required=False), ids)
+    call = client.mark_read(
+        body_str(body, "chat") or "", body_str(body, "sender", required=False), ids
+    )
     result = await _whatsapp(call)
     hub.persister.changed()
     return result if isinstance(result, Response) else _ok({})
@@ -199,9 +192,9 @@ async def lookup(request: Request) -> Response:
     body = await read_json(request, any_text=True)
     client = _hub(request).network.client(request.path_params["agent_id"])
     if "lid" in body:
-        result = await _whatsapp(client.pn_for_lid(_str(body, "lid") or ""))
+        result = await _whatsapp(client.pn_for_lid(body_str(body, "lid") or ""))
     else:
-        result = await _whatsapp(client.lid_for_pn(_str(body, "pn") or ""))
+        result = await _whatsapp(client.lid_for_pn(body_str(body, "pn") or ""))
     return result if isinstance(result, Response) else _ok({"jid": result})
 
 
@@ -219,7 +212,7 @@ async def devices(request: Request) -> Response:
 async def forget(request: Request) -> Response:
     hub = _hub(request)
     body = await read_json(request, any_text=True)
-    await hub.network.forget_device(_str(body, "device") or "")
+    await hub.network.forget_device(body_str(body, "device") or "")
     await hub.changed()
     return _ok({})
 
