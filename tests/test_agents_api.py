@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -879,3 +880,47 @@ async def test_a_retry_with_the_same_idempotency_key_is_not_sent_again(running: 
         "/agents/support-bot/messages", json=body, headers=auth() | {"Idempotency-Key": "a b"}
     )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_PAYLOAD"
+
+
+async def test_a_mention_by_lid_counts_even_when_pairing_did_not_capture_the_lid(
+    running: Running, ai: AIBackend
+) -> None:
+    """The agent's LID, missing from its record, is looked up once and cached; a group message
+    mentioning that LID is then forwarded."""
+    await connect(running)
+    gateway = running.gateway
+    handle = gateway.agents.get("support-bot")
+    assert handle is not None
+    own = sim_of(running).account("support-bot")
+    assert own is not None and own.lid
+    await gateway.db.run(
+        lambda conn: conn.execute("UPDATE agents SET lid = NULL WHERE agent_id = 'support-bot'")
+    )
+    handle.record = attrs.evolve(handle.record, lid=None)
+    message = sim_of(running).inject_text(
+        "support-bot", CUSTOMER, "hi lid", group=GROUP, mentions=[own.lid]
+    )
+    assert await handled(running, "support-bot", message.id) == "replied"
+    [(lid,)] = await gateway.db.run(
+        lambda conn: conn.execute(
+            "SELECT lid FROM agents WHERE agent_id = 'support-bot'"
+        ).fetchall()
+    )
+    assert lid == own.lid
+
+
+async def test_one_person_is_one_conversation_whether_addressed_by_lid_or_phone(
+    running: Running, ai: AIBackend
+) -> None:
+    """A message that arrived addressed by a LID the adapter could not resolve yet goes to the
+    AI under the person's phone JID once the store knows it, like their phone-addressed ones."""
+    await connect(running)
+    sim = sim_of(running)
+    first = sim.inject_text("support-bot", "77700011122233@lid", "by lid")
+    assert first.chat == "77700011122233@lid"  # unresolved when it arrived
+    sim.add_contact("6281999888777", lid="77700011122233")  # learned before it is forwarded
+    assert await handled(running, "support-bot", first.id) == "replied"
+    second = sim.inject_text("support-bot", "6281999888777", "by phone")
+    assert await handled(running, "support-bot", second.id) == "replied"
+    keys = [call.body["sessionId"] for call in ai.calls]
+    assert keys == ["6281999888777@c.us", "6281999888777@c.us"]

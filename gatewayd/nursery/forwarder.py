@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import structlog
 import trio
 
@@ -25,8 +26,10 @@ from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayErr
 from gatewayd.jid import normalize_recipient, to_contract_jid
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.outbound.ai import AIAnswer, build_run_payload, call_ai
+from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.agents import AgentRecord
+from gatewayd.store.db import Database
 from gatewayd.store.executions import record_execution
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import wait_for_database
@@ -65,8 +68,21 @@ def mentions_agent(message: InboundMessage, *, own_jids: set[str], own_phone: st
     return False
 
 
-def _own_identity(handle: AgentHandle) -> tuple[set[str], str | None]:
+async def _own_identity(handle: AgentHandle, db: Database) -> tuple[set[str], str | None]:
+    """The agent's own JIDs (phone and LID) and phone. A LID pairing did not capture is
+    looked up once (the client's local store) and cached on the agent record, so a mention
+    by LID is recognised too."""
     record = handle.record
+    if not record.lid and record.phone_number and handle.connected:
+        try:
+            lid = await handle.client.lid_for_pn(f"{record.phone_number}@s.whatsapp.net")
+        except GatewayError as exc:
+            log.debug("gatewayd.forward.lid_lookup_failed", error=exc.message)
+            lid = None
+        if lid:
+            await wait_for_database(db, lambda: agents_store.set_lid(db, record.id, lid))
+            record = handle.record = attrs.evolve(handle.record, lid=lid)
+            log.info("gatewayd.agent.lid_learned", lid=lid)
     jids: set[str] = set()
     phone = record.phone_number
     if phone:
@@ -74,6 +90,21 @@ def _own_identity(handle: AgentHandle) -> tuple[set[str], str | None]:
     if record.lid:
         jids.add(record.lid if "@" in record.lid else f"{record.lid}@lid")
     return jids, phone
+
+
+async def conversation_key(handle: AgentHandle, message: InboundMessage) -> str:
+    """The AI conversation a message belongs to: the chat, by phone number whenever it can be
+    known, so one person's conversation does not split in two when one message arrives
+    addressed by LID before the adapter could resolve it (asked again here, in the client's
+    local store)."""
+    chat = message.chat
+    if message.is_group or not chat.endswith("@lid") or not handle.connected:
+        return chat
+    try:
+        pn = await handle.client.pn_for_lid(chat)
+    except GatewayError:
+        return chat
+    return pn or chat
 
 
 class Forwarder:
@@ -84,7 +115,7 @@ class Forwarder:
         gateway, message = self.gateway, stored.message
         trace_id = stored.trace_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(traceId=trace_id):
-            own_jids, own_phone = _own_identity(handle)
+            own_jids, own_phone = await _own_identity(handle, gateway.db)
             reason = ignore_reason(message, own_jids=own_jids, own_phone=own_phone)
             if reason is not None:
                 log.debug("gatewayd.forward.ignored", reason=reason, messageId=message.id)
@@ -99,7 +130,7 @@ class Forwarder:
         gateway, message = self.gateway, stored.message
         payload = build_run_payload(
             message=message.text or "",
-            session_id=message.chat,
+            session_id=await conversation_key(handle, message),
             whatsapp_name=message.push_name,
             chat_name=message.chat if message.is_group else message.push_name,
             metadata={

@@ -120,6 +120,17 @@ async def mark_all_disconnected(db: Database, agent_uuids: list[uuid.UUID], reas
     await db.run(work)
 
 
+async def set_lid(db: Database, agent_uuid: uuid.UUID, lid: str) -> None:
+    """Remember the account's LID (looked up after pairing did not capture it)."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE agents SET lid = %s, updated_at = now() WHERE id = %s", (lid, agent_uuid)
+        )
+
+    await db.run(work)
+
+
 async def set_device(
     db: Database,
     agent_uuid: uuid.UUID,
