@@ -14,7 +14,7 @@ import trio
 
 from gatewayd.config import Config, check_sim_url, effective
 from gatewayd.errors import ConfigError, GatewayError
-from gatewayd.log import configure_logging
+from gatewayd.log import capture_stdout, configure_logging
 
 DEFAULT_CONFIG = Path("gatewayd.toml")
 
@@ -163,7 +163,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
     ensure_bot_tag_env(sys.argv[1:] if argv is None else list(argv))
     configure_logging(config.log.level, config.log.format)
-    rc = _run_trio(lambda: run_gateway(config, config_path=path))
+    # Go prints to descriptor 1 directly: turn its lines into log events (gatewayd/log.py).
+    capture = capture_stdout()
+    try:
+        rc = _run_trio(lambda: run_gateway(config, config_path=path))
+    finally:
+        capture.close()
     # A session stuck in neonize's QR phase never ends its (non-daemon) thread: leave now.
     final_exit(rc)
 

@@ -50,3 +50,15 @@ def test_console_renderer_when_configured() -> None:
     assert "gatewayd.test.console" in text and "key" in text
     assert not text.lstrip().startswith("{")
     configure_logging("info", "json")
+
+
+def test_stdlib_records_carry_logger_name_and_level() -> None:
+    """A stdlib logging record (neonize, hypercorn) is a JSON line naming its logger and level."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    logging.getLogger("neonize.utils.ffmpeg").warning("neonize: %s not found", "ffmpeg")
+    logging.getLogger("whatsmeow.Client").info("below the third-party floor")
+    (line,) = lines(stream)
+    assert line["event"] == "neonize: ffmpeg not found"
+    assert line["logger"] == "neonize.utils.ffmpeg" and line["level"] == "warning"
+    configure_logging("info", "json")

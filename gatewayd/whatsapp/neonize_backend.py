@@ -189,17 +189,29 @@ async def open_neonize_backend(
 
 async def _upgrade_schema(whatsmeow: store.WhatsmeowStore) -> None:
     """Let whatsmeow create or upgrade its tables once, before any client connects."""
-    from neonize.client import ClientFactory
-
-    def upgrade() -> None:
-        # GetAllDevices opens a container, which runs whatsmeow's upgrades. It raises a bare
-        # ValueError when Go answered "error: …" instead of a device list.
-        try:
-            ClientFactory.get_all_devices_from_db(whatsmeow.url)
-        except ValueError as exc:
-            raise StoreUnavailable(
-                "whatsmeow could not open its store", details={"schema": whatsmeow.schema}
-            ) from exc
-
     async with GATE.exclusive():
-        await trio.to_thread.run_sync(upgrade, limiter=FFI_LIMITER)
+        await trio.to_thread.run_sync(
+            upgrade_whatsmeow_schema, whatsmeow.url, whatsmeow.schema, limiter=FFI_LIMITER
+        )
+
+
+def upgrade_whatsmeow_schema(url: str, schema: str) -> None:
+    """Open whatsmeow's store once through Go, which creates or upgrades its tables. Blocking.
+
+    This is the Go export behind ``ClientFactory.get_all_devices_from_db``, called directly:
+    that method splits Go's answer on "," while Go writes push and business names raw, so one
+    linked account named "Smith, John" made it raise and the daemon could not start
+    (docs/neonize.md, "Reading the device list"). Only Go's ``error:`` prefix is a failure
+    here; the device list is read from the table itself (``neonize_store.device_jids``).
+    """
+    from neonize._binder import func_callback_bytes2, gocode
+    from neonize.utils.log import log_whatsmeow
+
+    log_callback = func_callback_bytes2(log_whatsmeow)  # alive for the whole call
+    answer = gocode.GetAllDevices(url.encode(), log_callback)
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else str(answer)
+    if text.startswith("error:"):
+        reason = store.redact_url_secrets(text.removeprefix("error:").strip(), url)
+        raise StoreUnavailable(
+            f"whatsmeow could not open its store: {reason[:500]}", details={"schema": schema}
+        )

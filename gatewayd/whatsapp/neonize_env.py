@@ -9,7 +9,9 @@
   the ``whatsmeow.*`` loggers. ``import_neonize`` undoes the basicConfig, and
   ``configure_neonize_logging`` sets the Go-side level (read from the ``neonize.utils.log``
   logger at each connect) and the Python-side level, so Go logs reach structlog through the root
-  handler at WARNING by default.
+  handler at WARNING by default, as JSON lines naming their logger. What Go prints to stdout
+  itself (``fmt.Println`` of send errors) is turned into log lines by ``gatewayd.log``'s
+  ``capture_stdout``, which ``gatewayd run`` starts in neonize mode.
 * ``device_props``: the linked-devices list on the phone shows ``os``; neonize's default is
   "Neonize".
 """

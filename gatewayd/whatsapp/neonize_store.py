@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import attrs
 import psycopg
@@ -88,6 +88,15 @@ def neonize_url(params: dict[str, str], *, schema: str) -> str:
         query["sslmode"] = "disable" if host in _LOOPBACK else "require"
     dbname = quote(params.get("dbname", ""), safe="")
     return f"postgres://{auth}{netloc_host}:{port}/{dbname}?{urlencode(query)}"
+
+
+def redact_url_secrets(text: str, url: str) -> str:
+    """``text`` (an error from Go) with the password of ``url`` replaced, raw or quoted."""
+    password = urlsplit(url).password
+    if password:
+        for form in {password, unquote(password), quote(unquote(password), safe="")}:
+            text = text.replace(form, "***")
+    return text
 
 
 def prepare_store(
@@ -170,7 +179,11 @@ def _check_idle_timeout(conn: psycopg.Connection, user: str) -> None:
 
 
 def device_jids(admin_dsn: str, schema: str) -> frozenset[str]:
-    """Device JIDs in whatsmeow's store (``user:device@server``). Blocking."""
+    """Device JIDs in whatsmeow's store (``user:device@server``). Blocking.
+
+    Read from the table, not through neonize's ``get_all_devices_from_db``, whose parse of Go's
+    answer breaks on names with commas (docs/neonize.md, "Reading the device list").
+    """
     with map_store_exceptions(), psycopg.connect(admin_dsn, autocommit=True) as conn:
         if not _has_device_table(conn, schema):
             return frozenset()
