@@ -24,13 +24,16 @@ from neonize.events import (  # noqa: E402
 )
 from neonize.exc import NeonizeError, SendMessageError
 from neonize.proto.Neonize_pb2 import JID, MessageInfo, MessageSource, UploadResponse
+from neonize.proto.waCommon.WACommon_pb2 import MessageKey
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
     AudioMessage,
     ContextInfo,
     DocumentMessage,
     ExtendedTextMessage,
+    FutureProofMessage,
     ImageMessage,
     Message,
+    ProtocolMessage,
     VideoMessage,
 )
 
@@ -280,13 +283,93 @@ def test_quoted_reply_carries_the_quoted_message() -> None:
     assert msg.text == "reply"
 
 
-def test_edited_message_is_flagged() -> None:
-    """An edit (already unwrapped by neonize) is flagged ``is_edit`` with the new text."""
-    ev = message_ev(
-        Message(conversation="fixed"), chat=jid(ALICE_PN), sender=jid(ALICE_PN), is_edit=True
+def edit_of(original_id: str, content: Message) -> Message:
+    """An edit as WhatsApp sends it: a MESSAGE_EDIT protocol message naming the original."""
+    return Message(
+        protocolMessage=ProtocolMessage(
+            key=MessageKey(remoteJID=f"{ALICE_PN}@s.whatsapp.net", fromMe=False, ID=original_id),
+            type=ProtocolMessage.MESSAGE_EDIT,
+            editedMessage=content,
+            timestampMS=TS_MS,
+        )
     )
+
+
+def test_edit_carries_the_new_text_and_the_edited_message_id() -> None:
+    """An edit (as whatsmeow hands it over: the protocol message, IsEdit set) has the new text."""
+    ev = message_ev(
+        edit_of("ORIGINAL1", Message(conversation="fixed")),
+        chat=jid(ALICE_PN), sender=jid(ALICE_PN), is_edit=True,
+    )  # fmt: skip
     msg = translate_message(ev)
     assert msg.is_edit and msg.text == "fixed"
+    assert msg.edited_id == "ORIGINAL1" and msg.id == "3EB0ABC"
+
+
+def test_edit_is_read_with_or_without_its_outer_wrapper() -> None:
+    """An edit still wrapped in editedMessage, or sent bare without IsEdit, reads the same."""
+    content = edit_of("ORIGINAL2", Message(extendedTextMessage=ExtendedTextMessage(text="v2")))
+    wrapped = Message(editedMessage=FutureProofMessage(message=content))
+    for message in (wrapped, content):
+        msg = translate_message(message_ev(message, chat=jid(ALICE_PN), sender=jid(ALICE_PN)))
+        assert (msg.is_edit, msg.text, msg.edited_id) == (True, "v2", "ORIGINAL2")
+
+
+def test_caption_edit_is_not_a_new_attachment() -> None:
+    """A caption edit carries the new caption as text and no media."""
+    content = Message(imageMessage=ImageMessage(caption="better caption"))
+    ev = message_ev(
+        edit_of("IMG1", content), chat=jid(ALICE_PN), sender=jid(ALICE_PN), is_edit=True
+    )
+    msg = translate_message(ev)
+    assert msg.text == "better caption" and msg.media is None and msg.media_type is None
+
+
+def test_broadcast_list_message_is_a_private_message_from_its_sender() -> None:
+    """A broadcast-list message (reported as a group) is a replyable DM from its sender."""
+    ev = message_ev(
+        Message(conversation="to all my contacts"),
+        chat=jid("1789015800", "broadcast"), sender=jid(ALICE_PN, device=2), is_group=True,
+    )  # fmt: skip
+    msg = translate_message(ev)
+    assert not msg.is_group and not msg.is_status_broadcast
+    assert msg.chat == msg.sender == f"{ALICE_PN}@s.whatsapp.net"
+
+
+def test_broadcast_list_message_from_a_lid_keeps_the_lid_as_chat() -> None:
+    """A LID-only broadcast-list sender is the chat, by LID, until the client resolves it."""
+    ev = message_ev(
+        Message(conversation="hi"),
+        chat=jid("1789015801", "broadcast"), sender=jid(BOB_LID, "lid"), is_group=True,
+    )  # fmt: skip
+    msg = translate_message(ev)
+    assert not msg.is_group
+    assert msg.chat == msg.chat_lid == msg.sender == f"{BOB_LID}@lid"
+
+
+def test_reply_in_a_lid_group_quotes_the_sender_by_lid() -> None:
+    """A quote of a message in a LID-addressed group names the participant by LID."""
+    ev = message_ev(
+        Message(conversation="@bot hi"), chat=jid(GROUP, "g.us"), sender=jid(BOB_LID, "lid"),
+        sender_alt=jid(BOB_PN), is_group=True, addressing=2,
+    )  # fmt: skip
+    msg = translate_message(ev)
+    assert msg.addressing_mode == "lid" and msg.sender == f"{BOB_PN}@s.whatsapp.net"
+    ctx = build.text_message("answer", quote=msg.reply_quote()).extendedTextMessage.contextInfo
+    assert (ctx.stanzaID, ctx.participant) == ("3EB0ABC", f"{BOB_LID}@lid")
+    assert not ctx.remoteJID
+
+
+def test_reply_in_a_pn_group_quotes_the_sender_by_phone_number() -> None:
+    """A quote of a message in a PN-addressed group names the participant by phone number."""
+    ev = message_ev(
+        Message(conversation="@bot hi"), chat=jid(GROUP, "g.us"), sender=jid(BOB_PN),
+        sender_alt=jid(BOB_LID, "lid"), is_group=True, addressing=1,
+    )  # fmt: skip
+    msg = translate_message(ev)
+    assert msg.addressing_mode == "pn"
+    ctx = build.text_message("answer", quote=msg.reply_quote()).extendedTextMessage.contextInfo
+    assert ctx.participant == f"{BOB_PN}@s.whatsapp.net"
 
 
 def test_receipt_is_translated_with_millisecond_time() -> None:
@@ -302,6 +385,27 @@ def test_receipt_is_translated_with_millisecond_time() -> None:
         "read",
         1789015800000,
     )
+
+
+@pytest.mark.parametrize(
+    ("receipt_type", "expected"),
+    [
+        (ReceiptEv.PLAYED, "played"),
+        # neonize's encoder writes whatsmeow's "played-self" as SERVER_ERROR
+        (ReceiptEv.SERVER_ERROR, "played_self"),
+        (ReceiptEv.PLAYED_SELF, "played_self"),
+        (ReceiptEv.DELIVERED, "delivered"),
+        (None, "unknown"),
+    ],
+)
+def test_receipt_types(receipt_type: int | None, expected: str) -> None:
+    """PlayedSelf receipts are "played_self", never a server error; an unset type is unknown."""
+    ev = ReceiptEv(MessageSource=MessageSource(Chat=jid(ALICE_PN), Sender=jid(ALICE_PN)))
+    ev.MessageIDs.append("A")
+    if receipt_type is not None:
+        ev.Type = receipt_type
+    out = translate_event(ev)
+    assert isinstance(out, Receipt) and out.type == expected
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,13 @@ when it reaches EOF, so it never outlives the parent. The child writes JSON line
     {"type": "paired", "device_jid": "628…:12@s.whatsapp.net", "phone": "628…", "lid": …,
      "push_name": …, "platform": …}
     {"type": "failed", "reason": "timeout"}
+
+The child exits right after the ``paired`` line, from whatsmeow's PairSuccess callback, without
+waiting for the first login: messages that login would bring are acknowledged on receipt, and
+the child has nowhere to put them. ``pair_in_child`` reaps it before returning ``Paired``, so
+the session the caller starts next is the only one, and it receives them. A ``failed`` reason
+is whatsmeow's login status as it spells it (``timeout``, ``err-client-outdated``, …), or
+``passkey_required`` for an account protected by a passkey (docs/neonize.md).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ What the fields mean is in NEONIZE.md §3: message timestamps are milliseconds, 
 timestamps seconds; an empty JID has ``IsEmpty`` set; ``IsGroup`` is true for
 ``status@broadcast``; with LID addressing the phone-number JID is in ``SenderAlt`` (or in
 ``RecipientAlt`` for our own messages) when the server sent it, and may be missing.
+What WhatsApp sends for edits, broadcast lists and receipts, and how it is read here, is in
+docs/neonize.md ("What a contact and a user see").
 
 LID → phone lookups need a connected client, so they are not done here: a message whose sender
 could not be resolved keeps ``sender == sender_lid`` and the client resolves it afterwards.
@@ -26,6 +28,7 @@ from typing import Any
 
 from gatewayd.errors import InvalidRecipient
 from gatewayd.whatsapp.port import (
+    AddressingMode,
     ClientEvent,
     ClientOutdated,
     Connected,
@@ -48,6 +51,18 @@ PN_SERVER = "s.whatsapp.net"
 LID_SERVER = "lid"
 GROUP_SERVER = "g.us"
 NEWSLETTER_SERVER = "newsletter"
+BROADCAST_SERVER = "broadcast"
+
+# ``ProtocolMessage.Type.MESSAGE_EDIT``: an edit carries the new content in
+# ``protocolMessage.editedMessage`` and names the edited message in ``protocolMessage.key``.
+_MESSAGE_EDIT = 14
+
+# neonize's Go encoder writes whatsmeow's "played-self" receipts as SERVER_ERROR and has no case
+# for whatsmeow's real "server-error" (which, like any type it does not know, arrives with
+# ``Type`` unset): docs/neonize.md, "Receipt types".
+_RECEIPT_TYPE_FIXES = {"server_error": "played_self"}
+
+_ADDRESSING_MODES: dict[int, AddressingMode] = {1: "pn", 2: "lid"}
 
 # What can be a destination: a user (PN or LID, optionally with a device), a group, a channel,
 # or the status broadcast. The same rule as the simulated network's.
@@ -151,6 +166,8 @@ def translate_message(ev: Any) -> InboundMessage:
 
     chat_lid: str | None = None
     chat = jid_to_str(src.Chat) or ""
+    is_group = bool(src.IsGroup)
+    is_status = src.Chat.User == "status" and src.Chat.Server == BROADCAST_SERVER
     if _server(src.Chat) == LID_SERVER:
         # A one-to-one chat addressed by LID: the other side's PN is the sender's alternative,
         # or, for our own messages, the recipient's.
@@ -158,11 +175,19 @@ def translate_message(ev: Any) -> InboundMessage:
         alt = src.RecipientAlt if from_me else src.SenderAlt
         if _server(alt) == PN_SERVER:
             chat = jid_to_str(alt) or chat
+    elif _server(src.Chat) == BROADCAST_SERVER and not is_status:
+        # A broadcast list: whatsmeow reports it as a group chat ``<id>@broadcast``, but each
+        # recipient sees a private message from the sender, and a reply goes to the sender.
+        is_group = False
+        if not from_me and sender:
+            chat = sender
+            chat_lid = sender_lid if sender == sender_lid else None
 
-    msg = ev.Message
+    msg, is_edit, edited_id = _unwrap_edit(ev.Message, bool(ev.IsEdit))
     text = _text_of(msg)
     ctx = _context_info(msg)
-    media_type, media = _media_of(msg)
+    # An edit changes text or caption only: the attachment is not sent again.
+    media_type, media = (None, None) if is_edit else _media_of(msg)
     quoted_id = quoted_sender = quoted_text = None
     mentions: tuple[str, ...] = ()
     if ctx is not None:
@@ -171,6 +196,7 @@ def translate_message(ev: Any) -> InboundMessage:
             quoted_id = _str(ctx.stanzaID)
             quoted_sender = _str(ctx.participant) or None
             quoted_text = _text_of(ctx.quotedMessage) if ctx.HasField("quotedMessage") else None
+    addressing = src.AddressingMode if src.HasField("AddressingMode") else 0
     return InboundMessage(
         id=message_id,
         chat=chat,
@@ -178,7 +204,7 @@ def translate_message(ev: Any) -> InboundMessage:
         timestamp_ms=_ms(info.Timestamp),
         chat_lid=chat_lid,
         sender_lid=sender_lid,
-        is_group=bool(src.IsGroup),
+        is_group=is_group,
         is_from_me=from_me,
         push_name=_str(info.Pushname) or None,
         text=text,
@@ -188,10 +214,30 @@ def translate_message(ev: Any) -> InboundMessage:
         quoted_text=quoted_text,
         media_type=media_type,
         media=media,
-        is_status_broadcast=src.Chat.User == "status" and src.Chat.Server == "broadcast",
+        is_status_broadcast=is_status,
         is_newsletter=_server(src.Chat) == NEWSLETTER_SERVER,
-        is_edit=bool(ev.IsEdit),
+        is_edit=is_edit,
+        edited_id=edited_id,
+        addressing_mode=_ADDRESSING_MODES.get(addressing),
     )
+
+
+def _unwrap_edit(msg: Any, is_edit: bool) -> tuple[Any, bool, str | None]:
+    """The content to read, whether it is an edit, and the id of the message edited.
+
+    WhatsApp sends an edit as ``editedMessage`` (a ``FutureProofMessage``) around a
+    ``protocolMessage`` of type MESSAGE_EDIT; whatsmeow strips the outer wrapper (setting
+    ``IsEdit``), so what arrives here is the protocol message, whose ``editedMessage`` holds
+    the new content and whose ``key`` names the edited message. Both layers are read, so a
+    build that unwraps less or an edit sent without the wrapper are read the same
+    (docs/neonize.md, "Edits").
+    """
+    if msg.HasField("editedMessage") and msg.editedMessage.HasField("message"):
+        msg, is_edit = msg.editedMessage.message, True
+    if msg.HasField("protocolMessage") and msg.protocolMessage.type == _MESSAGE_EDIT:
+        protocol = msg.protocolMessage
+        return protocol.editedMessage, True, _str(protocol.key.ID) or None
+    return msg, is_edit, None
 
 
 def _pn_and_lid(primary: Any, alt: Any) -> tuple[str | None, str | None]:
@@ -256,12 +302,17 @@ def _media_of(msg: Any) -> tuple[MediaType | None, Media | None]:
 
 
 def translate_receipt(ev: Any) -> Receipt:
-    """A ``ReceiptEv`` → ``Receipt`` (timestamp seconds → milliseconds)."""
+    """A ``ReceiptEv`` → ``Receipt`` (timestamp seconds → milliseconds).
+
+    ``Type`` unset means a type neonize's encoder has no case for (whatsmeow's "server-error"
+    or a newer one): "unknown", never a guess such as "delivered".
+    """
     src = ev.MessageSource
     chat = jid_to_str(src.Chat) or ""
     sender = jid_to_str(src.Sender) or chat
     ids = tuple(_str(message_id) for message_id in ev.MessageIDs)
-    return Receipt(chat, sender, ids, _enum_name(ev, "Type", "delivered"), _ms(ev.Timestamp))
+    kind = _enum_name(ev, "Type", "unknown")
+    return Receipt(chat, sender, ids, _RECEIPT_TYPE_FIXES.get(kind, kind), _ms(ev.Timestamp))
 
 
 def translate_logged_out(ev: Any) -> LoggedOut:

@@ -25,6 +25,7 @@ import trio
 from gatewayd.errors import WhatsAppError
 
 MediaType: TypeAlias = Literal["image", "document", "audio", "video", "sticker"]
+AddressingMode: TypeAlias = Literal["pn", "lid"]
 
 STATUS_BROADCAST = "status@broadcast"
 
@@ -34,7 +35,11 @@ STATUS_BROADCAST = "status@broadcast"
 
 @attrs.frozen(kw_only=True)
 class Quote:
-    """A message being replied to: enough to build WhatsApp's ``contextInfo`` quote."""
+    """A message being replied to: enough to build WhatsApp's ``contextInfo`` quote.
+
+    ``sender`` is the quoted author as WhatsApp addressed them in that chat: in a LID-addressed
+    group that is their ``…@lid`` JID (``InboundMessage.reply_quote`` picks it).
+    """
 
     message_id: str
     sender: str
@@ -63,7 +68,14 @@ class InboundMessage:
     ``chat_lid`` / ``sender_lid`` keep the LID form when it is known (``chat_lid`` only for
     one-to-one chats that arrived LID-addressed). ``text`` is the conversation text, the
     extended text or the media caption. ``is_group`` is true for status broadcasts too, because
-    that is what WhatsApp reports; test ``is_status_broadcast`` first.
+    that is what WhatsApp reports; test ``is_status_broadcast`` first. A broadcast-list message
+    is a private message from its sender (``chat`` is the sender, ``is_group`` false).
+
+    An edit (``is_edit``) has its own ``id`` (so it is stored next to the original, not
+    deduplicated away), the new text in ``text``, and the id of the message it changes in
+    ``edited_id`` (None when WhatsApp did not say). ``addressing_mode`` is how WhatsApp
+    addressed the participants of a group (None when it did not say); a reply quoting the
+    message must name its sender the same way (``reply_quote``).
     """
 
     id: str
@@ -85,6 +97,19 @@ class InboundMessage:
     is_status_broadcast: bool = False
     is_newsletter: bool = False
     is_edit: bool = False
+    edited_id: str | None = None
+    addressing_mode: AddressingMode | None = None
+
+    def reply_quote(self) -> Quote:
+        """The ``Quote`` of this message for a reply, naming the sender as WhatsApp addressed it.
+
+        In a LID-addressed group the participant is the sender's LID, as WhatsApp's own clients
+        quote it; elsewhere it is ``sender`` (the phone-number JID when known).
+        """
+        sender = self.sender
+        if self.addressing_mode == "lid" and self.sender_lid is not None:
+            sender = self.sender_lid
+        return Quote(message_id=self.id, sender=sender, chat=self.chat, text=self.text)
 
 
 @attrs.frozen
@@ -130,7 +155,11 @@ class Paired(Event):
 
 @attrs.frozen
 class PairingFailed(Event):
-    """Pairing ended without a device; ``reason`` is whatsmeow's (``"timeout"``, ``"error"``…)."""
+    """Pairing ended without a device; ``reason`` is whatsmeow's (``"timeout"``, ``"error"``…).
+
+    ``"passkey_required"``: the account is protected by a passkey, which this client cannot
+    answer (docs/neonize.md).
+    """
 
     kind: ClassVar[str] = "pairing_failed"
     terminal: ClassVar[bool] = True
@@ -218,7 +247,7 @@ class Receipt(Event):
     chat: str
     sender: str
     message_ids: tuple[str, ...]
-    type: str  # "delivered", "read", "played", "sender", "retry", …
+    type: str  # "delivered", "read", "played", "played_self", "sender", "retry", "unknown", …
     timestamp_ms: int
 
 
