@@ -624,6 +624,10 @@ async def test_private_message_is_forwarded_with_typing_and_reply(
             lambda sim, me: sim.inject_text("support-bot", "628123450001", "note to self"),
             "ignored:from_me",
         ),
+        (
+            lambda sim, me: sim.inject_text("support-bot", CUSTOMER, "typo fixed", is_edit=True),
+            "ignored:edit",
+        ),
     ],
     ids=[
         "status",
@@ -635,6 +639,7 @@ async def test_private_message_is_forwarded_with_typing_and_reply(
         "media-no-caption",
         "media-caption",
         "from-me",
+        "edit",
     ],
 )
 async def test_forwarding_filters(

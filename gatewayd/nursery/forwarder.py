@@ -33,7 +33,7 @@ from gatewayd.store.db import Database
 from gatewayd.store.executions import record_execution
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import wait_for_database
-from gatewayd.whatsapp.port import InboundMessage, Quote
+from gatewayd.whatsapp.port import InboundMessage
 
 if TYPE_CHECKING:
     from gatewayd.nursery.agent import AgentHandle
@@ -52,6 +52,8 @@ def ignore_reason(
         return "newsletter"
     if message.is_from_me:
         return "from_me"
+    if message.is_edit:
+        return "edit"  # the original was answered already; a second answer would confuse
     if message.is_group and not mentions_agent(message, own_jids=own_jids, own_phone=own_phone):
         return "group_without_mention"
     if not (message.text or "").strip():
@@ -161,11 +163,8 @@ class Forwarder:
         await self._typing(handle, message.chat, False)
         if not answer.reply:
             return "no_reply"
-        quote = None
-        if message.is_group:
-            quote = Quote(
-                message_id=message.id, sender=message.sender, chat=message.chat, text=message.text
-            )
+        # In a group the reply quotes the message, naming its sender as the group addresses it.
+        quote = message.reply_quote() if message.is_group else None
         return Outgoing(to=message.chat, text=textsafe.clean(answer.reply), quote=quote)
 
     async def _typing(self, handle: AgentHandle, chat: str, on: bool) -> None:
