@@ -91,39 +91,47 @@ async def pair_in_child(
         child_command(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        # Its stderr (Python logging, Go's complaints) becomes log lines of ours: one stream.
+        stderr=subprocess.PIPE,
         env=child_environment(),
     )
     assert process.stdin is not None and process.stdout is not None
     started = False
     outcome: Paired | PairingFailed | None = None
     try:
-        await process.stdin.send_all((json.dumps(attrs.asdict(config)) + "\n").encode())
-        async with aclosing(_json_lines(process.stdout)) as lines:
-            async for message in lines:
-                kind = message.get("type")
-                if kind == "qr":
-                    qr = QrCode(
-                        str(message["payload"]), int(message["index"]), float(message["expires_in"])
-                    )
-                    if not started and phone is None:
+        async with trio.open_nursery() as nursery:
+            assert process.stderr is not None
+            nursery.start_soon(_log_stderr, process.stderr)
+            await process.stdin.send_all((json.dumps(attrs.asdict(config)) + "\n").encode())
+            async with aclosing(_json_lines(process.stdout)) as lines:
+                async for message in lines:
+                    kind = message.get("type")
+                    if kind == "qr":
+                        qr = QrCode(
+                            str(message["payload"]),
+                            int(message["index"]),
+                            float(message["expires_in"]),
+                        )
+                        if not started and phone is None:
+                            started = True
+                            task_status.started()  # scannable from here on
+                        await events.send(qr)
+                    elif kind == "pair_code" and not started and phone is not None:
                         started = True
-                        task_status.started()  # scannable from here on
-                    await events.send(qr)
-                elif kind == "pair_code" and not started and phone is not None:
-                    started = True
-                    task_status.started(str(message["code"]))
-                elif kind == "paired":
-                    outcome = Paired(
-                        device_jid=str(message["device_jid"]),
-                        phone=str(message["phone"]),
-                        lid=message.get("lid") or None,
-                        push_name=message.get("push_name") or None,
-                        platform=message.get("platform") or None,
-                    )
-                    break
-                elif kind == "failed":
-                    outcome = PairingFailed(str(message.get("reason") or "error"))
-                    break
+                        task_status.started(str(message["code"]))
+                    elif kind == "paired":
+                        outcome = Paired(
+                            device_jid=str(message["device_jid"]),
+                            phone=str(message["phone"]),
+                            lid=message.get("lid") or None,
+                            push_name=message.get("push_name") or None,
+                            platform=message.get("platform") or None,
+                        )
+                        break
+                    elif kind == "failed":
+                        outcome = PairingFailed(str(message.get("reason") or "error"))
+                        break
+            nursery.cancel_scope.cancel()  # the outcome is known: stop reading stderr
     finally:
         with trio.CancelScope(shield=True):
             await _end_child(process)
@@ -150,6 +158,22 @@ async def _end_child(process: trio.Process) -> None:
         log.warning("gatewayd.whatsapp.pairing.child_not_reaped", pid=process.pid)
     if process.stdout is not None:
         await process.stdout.aclose()
+    if process.stderr is not None:
+        await process.stderr.aclose()
+
+
+async def _log_stderr(stream: trio.abc.ReceiveStream) -> None:
+    """Each line the child writes to stderr, as a log line of ours."""
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                log.warning(
+                    "gatewayd.whatsapp.pairing.child_stderr",
+                    text=line[:2000].decode(errors="replace"),
+                )
 
 
 async def _json_lines(stream: trio.abc.ReceiveStream) -> Any:
