@@ -2,12 +2,18 @@
 
 ``run`` drives one neonize session (``neonize_session._Session``: the session thread, the
 callback bridge into Trio, connect-start and ``Stop`` under ``GATE.exclusive()``). Every other
-call to Go goes through ``_call`` (or ``go_connected``), under ``GATE.shared()``; the rules of
-NEONIZE.md hold here:
+call to Go goes through ``_call`` (``neonize_calls.call_go``), under ``GATE.shared()`` and with
+a deadline; the rules of NEONIZE.md hold here:
 
-* a read racing a connect-start or a stop aborts the process, hence the shared gate;
-* calls that abort when the Go client is missing (LID lookups, …) are made only while the
-  session is ``live`` (``Connected`` seen, ``Stop`` not yet started), checked under the gate.
+* a read racing a connect-start or a stop aborts the process, hence the shared gate, held
+  until the call's thread has left Go even when its caller gave up at the deadline;
+* calls that abort when the Go client is missing (LID lookups) are made only while Go knows
+  the client (``go_ready``: from the first callback until ``Stop``), sends only while the
+  session is ``live`` (``Connected`` seen, not stopping), both checked under the gate;
+* a send that misses its deadline raises ``SendTimeout`` when it never reached Go (or only its
+  upload did), ``SendOutcomeUnknown`` when ``send_message`` had begun: WhatsApp may have the
+  message, so the daemon records it ``unknown`` and never sends it again
+  (docs/durability.md). Other calls raise ``WhatsAppError`` (``GoTimeout``).
 
 ``pair`` runs in a child process (``neonize_pairing``), because a pairing cannot be cancelled
 inside the process (NEONIZE.md §1).
@@ -17,17 +23,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
+from gatewayd.errors import (
+    InvalidRecipient,
+    NotConnected,
+    SendOutcomeUnknown,
+    SendTimeout,
+    WhatsAppError,
+)
 from gatewayd.whatsapp import neonize_send as build
-from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE, map_exceptions
+from gatewayd.whatsapp.neonize_calls import GoCall, GoTimeout, call_go
 from gatewayd.whatsapp.neonize_pairing import pair_in_child
+from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT as CALL_TIMEOUT
+from gatewayd.whatsapp.neonize_session import CONNECT_STUCK as CONNECT_STUCK
 from gatewayd.whatsapp.neonize_session import CONNECT_TIMEOUT as CONNECT_TIMEOUT
-from gatewayd.whatsapp.neonize_session import REGISTER_TIMEOUT as REGISTER_TIMEOUT
 from gatewayd.whatsapp.neonize_session import STOP_WAIT as STOP_WAIT
 from gatewayd.whatsapp.neonize_session import _Session as _Session
 from gatewayd.whatsapp.neonize_translate import LID_SERVER, empty_jid, jid_to_str, str_to_jid
@@ -44,6 +56,13 @@ if TYPE_CHECKING:
     from gatewayd.whatsapp.neonize_backend import NeonizeBackend
 
 T = TypeVar("T")
+
+SEND_TIMEOUT = 90.0
+"""Deadline of one ``send_message`` (and of a logout): above whatsmeow's own 75 s wait for the
+server's answer, so its error normally comes first."""
+
+UPLOAD_TIMEOUT = 120.0
+"""Deadline of one media upload (neonize and whatsmeow set none)."""
 
 
 class NeonizeClient:
@@ -152,22 +171,53 @@ class NeonizeClient:
 
     # ------------------------------------------------------------------ calls
 
-    async def _call(self, fn: Callable[[Any], T], *, online: bool = True) -> T:
-        """Run ``fn(neonize_client)`` in a thread under the shared gate, if the session allows.
+    async def _call(
+        self,
+        step: str,
+        fn: Callable[[Any], T],
+        *,
+        online: bool = True,
+        seconds: float = CALL_TIMEOUT,
+    ) -> T:
+        """Run ``fn(neonize_client)`` in a thread under the shared gate, with a deadline.
 
-        The check happens after the gate is taken: a session that starts closing sets
-        ``live = False`` before it waits for the exclusive gate, so no call can reach a Go
-        client that ``Stop`` has removed.
+        The check happens after the gate is taken: a session that starts stopping clears
+        ``live`` and ``go_ready`` before it waits for the exclusive gate, so no call can reach
+        a Go client that ``Stop`` has removed. ``online=False`` (local lookups) needs only that
+        Go knows the client. Past ``seconds``: ``GoTimeout`` (step ``None``: never reached Go).
         """
         session = self._session
-        async with GATE.shared():
-            if session is None or session.nc is None or not session.live:
-                raise NotConnected(f"agent {self._agent_id!r} is not connected")
+        agent = self._agent_id
+
+        def admit() -> None:
+            if session is None or session.nc is None or not session.go_ready:
+                raise NotConnected(f"agent {agent!r} is not connected")
+            if online and not session.live:
+                raise NotConnected(f"agent {agent!r} is not connected")
             if online and not session.online:
-                raise NotConnected(f"agent {self._agent_id!r} is not connected (reconnecting)")
-            nc = session.nc
-            with map_exceptions():
-                return await trio.to_thread.run_sync(partial(fn, nc), limiter=FFI_LIMITER)
+                raise NotConnected(f"agent {agent!r} is not connected (reconnecting)")
+
+        nc = session.nc if session is not None else None
+
+        def run(call: GoCall) -> T:
+            call.enter(step)
+            return fn(nc)
+
+        return await call_go(run, seconds=seconds, admit=admit, what=step)
+
+    async def _send(self, message: Any, jid: Any) -> SendResult:
+        """``send_message`` with ``SEND_TIMEOUT``: abandoned once begun, the outcome is unknown."""
+        try:
+            response = await self._call(
+                "send", lambda nc: nc.send_message(jid, message), seconds=SEND_TIMEOUT
+            )
+        except GoTimeout as exc:
+            if exc.step is None:
+                raise SendTimeout(exc.message, details=exc.details) from None
+            raise SendOutcomeUnknown(
+                f"{exc.message}: WhatsApp may have the message", details=exc.details
+            ) from None
+        return build.send_result(response)
 
     async def send_text(
         self, to: str, text: str, *, quote: Quote | None = None, mentions: Sequence[str] = ()
@@ -175,8 +225,7 @@ class NeonizeClient:
         """Send a text, optionally quoting a message and mentioning JIDs (used as given)."""
         jid = str_to_jid(to)
         message = build.text_message(text, quote=quote, mentions=mentions)
-        response = await self._call(lambda nc: nc.send_message(jid, message))
-        return build.send_result(response)
+        return await self._send(message, jid)
 
     async def _send_media(
         self, kind: build.SendKind, to: str, data: bytes, **fields: Any
@@ -188,11 +237,13 @@ class NeonizeClient:
         elif kind in ("audio", "video"):
             fields["seconds"] = await trio.to_thread.run_sync(build.media_seconds, data)
 
-        def upload_and_send(nc: Any) -> Any:
-            upload = nc.upload(data, media_type)
-            return nc.send_message(jid, build.media_message(kind, upload, **fields))
-
-        return build.send_result(await self._call(upload_and_send))
+        try:
+            upload = await self._call(
+                "upload", lambda nc: nc.upload(data, media_type), seconds=UPLOAD_TIMEOUT
+            )
+        except GoTimeout as exc:  # nothing was sent: the upload's result is abandoned
+            raise SendTimeout(exc.message, details=exc.details) from None
+        return await self._send(build.media_message(kind, upload, **fields), jid)
 
     async def send_image(
         self,
@@ -251,7 +302,7 @@ class NeonizeClient:
         jid = str_to_jid(chat)
         state = ChatPresence.CHAT_PRESENCE_COMPOSING if on else ChatPresence.CHAT_PRESENCE_PAUSED
         media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
-        await self._call(lambda nc: nc.send_chat_presence(jid, state, media))
+        await self._call("typing", lambda nc: nc.send_chat_presence(jid, state, media))
 
     async def mark_read(self, chat: str, sender: str | None, message_ids: Sequence[str]) -> None:
         """Send a read receipt; ``sender`` is needed in groups (all ids from that sender)."""
@@ -263,9 +314,10 @@ class NeonizeClient:
         sender_jid = str_to_jid(sender) if sender else empty_jid()
         ids = list(message_ids)
         await self._call(
+            "mark read",
             lambda nc: nc.mark_read(
                 *ids, chat=chat_jid, sender=sender_jid, receipt=ReceiptType.READ
-            )
+            ),
         )
 
     async def pn_for_lid(self, lid: str) -> str | None:
@@ -273,14 +325,18 @@ class NeonizeClient:
         jid = str_to_jid(lid)
         if jid.Server != LID_SERVER:
             raise InvalidRecipient(f"not a LID: {lid!r}", details={"jid": lid})
-        return jid_to_str(await self._call(lambda nc: nc.get_pn_from_lid(jid), online=False))
+        return jid_to_str(
+            await self._call("lookup", lambda nc: nc.get_pn_from_lid(jid), online=False)
+        )
 
     async def lid_for_pn(self, pn: str) -> str | None:
         """The LID whatsmeow's store knows for the phone-number JID ``pn`` (local), or None."""
         jid = str_to_jid(pn)
         if jid.Server == LID_SERVER:
             raise InvalidRecipient(f"not a phone-number JID: {pn!r}", details={"jid": pn})
-        return jid_to_str(await self._call(lambda nc: nc.get_lid_from_pn(jid), online=False))
+        return jid_to_str(
+            await self._call("lookup", lambda nc: nc.get_lid_from_pn(jid), online=False)
+        )
 
     async def go_connected(self) -> bool:
         """whatsmeow's own "is the websocket up" (``IsConnected``), read under the shared gate.
@@ -289,11 +345,21 @@ class NeonizeClient:
         race tests hammer while other clients connect and stop.
         """
         session = self._session
-        async with GATE.shared():
-            nc = None if session is None or session.closed else session.nc
-            if nc is None:
-                return False
-            return bool(await trio.to_thread.run_sync(lambda: nc.is_connected, limiter=FFI_LIMITER))
+        nc = None if session is None else session.nc
+
+        def admit() -> None:
+            if session is None or nc is None or session.closed:
+                raise NotConnected(f"agent {self._agent_id!r} is not running")
+
+        def probe(call: GoCall) -> bool:
+            assert nc is not None  # admitted
+            call.enter("probe")
+            return bool(nc.is_connected)
+
+        try:
+            return await call_go(probe, seconds=CALL_TIMEOUT, admit=admit, what="probe")
+        except NotConnected:
+            return False
 
     async def logout(self) -> None:
         """Unlink the device; the running connection then ends with ``LoggedOut("logout")``.
@@ -301,7 +367,7 @@ class NeonizeClient:
         whatsmeow deletes the device from its store and sends no event for a logout we asked
         for, so the end is pushed here.
         """
-        await self._call(lambda nc: nc.logout())
+        await self._call("logout", lambda nc: nc.logout(), seconds=SEND_TIMEOUT)
         session = self._session
         if session is not None:
             await session.finish(LoggedOut("logout", on_connect=False))

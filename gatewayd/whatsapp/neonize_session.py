@@ -6,15 +6,26 @@ every handler registered before ``connect``), the blocking ``connect()`` in a th
 Trio with ``trio.from_thread.run(..., trio_token=...)``. The gate rules of NEONIZE.md that
 concern the session hold here:
 
-* connect-start runs under ``GATE.exclusive()`` until Go has registered the client (its first
-  callback) or ``connect`` has returned; ``Stop`` runs under it too;
+* connect-start runs under ``GATE.exclusive()`` until the first callback or the end of the
+  connect thread, whichever comes first: before either, Go may still write or read its maps
+  (whatsmeow's own dial, TLS and Noise timeouts are 30/10/20 s). No fixed cap releases it
+  earlier; past ``CONNECT_STUCK`` the session is stopped and reported instead
+  (``gatewayd.whatsapp.neonize.connect_stuck``). ``Stop`` runs under it too;
 * the device JID is checked against whatsmeow's device store inside that exclusive section,
   because resuming a JID that is not there aborts the process;
-* ``live`` (``Connected`` seen, ``Stop`` not yet started) is what the client's calls check under
-  the shared gate before they reach Go; it is cleared before ``Stop`` waits for the gate;
-* a callback never raises into ctypes. Once the session is closing, status events are dropped,
-  but messages are still handed over (whatsmeow acked them already), each with a bounded wait
-  (``SHUTDOWN_SEND_WAIT``) so that ``Stop`` is never held up for long;
+* ``go_ready`` (first callback seen, ``Stop`` not yet started) admits the calls that abort the
+  process for a client Go does not know (LID lookups): whatsmeow dispatches messages before
+  ``Connected``. ``live`` (``Connected`` seen, not stopping) admits sends. Both are checked
+  under the shared gate and cleared before ``Stop`` waits for the gate;
+* after each ``Connected`` the session announces presence "available" once (whatsmeow: the
+  server otherwise has no push name for the account and contacts see "-"); failing is logged;
+* a graceful stop disconnects first, keeps delivering callbacks until the stream is quiet
+  (``QUIET_INTERVAL``, at most ``DRAIN_WAIT``) with the full commit wait, and only then calls
+  ``Stop``, which drops whatever neonize still queues: nothing whatsmeow acked and handed over
+  before the drain ends is lost (docs/neonize.md, "Session: gate, stop, presence, deadlines");
+* a callback never raises into ctypes. Once the session is stopping, status events are dropped,
+  but messages are still handed over (whatsmeow acked them already); once ``Stop`` has begun,
+  each with a bounded wait (``SHUTDOWN_SEND_WAIT``) so that ``Stop`` is never held up for long;
 * a message that cannot be parsed or translated is pushed as ``MessageUnreadable`` (raw bytes
   and reason) instead of being dropped: WhatsApp considers it delivered.
 """
@@ -24,13 +35,14 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
 
 from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
-from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE, SESSION_LIMITER, map_exceptions
+from gatewayd.whatsapp.neonize_calls import GoCall, call_go
+from gatewayd.whatsapp.neonize_gate import GATE, SESSION_LIMITER
 from gatewayd.whatsapp.neonize_translate import (
     jid_to_str,
     str_to_jid,
@@ -56,18 +68,33 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-REGISTER_TIMEOUT = 15.0
-"""Longest the exclusive gate is held for one connect-start (DNS stalls add 5 s offline)."""
+T = TypeVar("T")
+
+CONNECT_STUCK = 120.0
+"""Longest one connect-start holds the exclusive gate waiting for neonize's first callback or
+the end of its thread; past it the session is stopped and reported. Well above whatsmeow's own
+dial, TLS and Noise timeouts (30 + 10 + 20 s) and the 5 s DNS stalls seen offline."""
 
 CONNECT_TIMEOUT = 60.0
-"""Longest ``run`` waits for ``Connected`` before it gives up and reports ``ConnectFailed``."""
+"""Longest ``run`` waits for ``Connected`` after the first callback before it reports
+``ConnectFailed``."""
 
 STOP_WAIT = 5.0
 """Longest ``run`` waits for neonize's thread after ``Stop``; after that it is abandoned."""
 
 SHUTDOWN_SEND_WAIT = 3.0
-"""Longest a message delivered while the session stops waits for its commit (< ``STOP_WAIT``:
+"""Longest a message delivered once ``Stop`` has begun waits for its commit (< ``STOP_WAIT``:
 neonize's thread finishes only once its callback has returned)."""
+
+QUIET_INTERVAL = 0.5
+"""A graceful stop calls ``Stop`` once no callback ran for this long after the disconnect."""
+
+DRAIN_WAIT = 5.0
+"""Longest a graceful stop keeps delivering after the disconnect (the daemon's inbound writer
+commits what it was handed for 5 s once its agent stops: docs/durability.md)."""
+
+CALL_TIMEOUT = 30.0
+"""Deadline of the session's own short calls (disconnect, presence, LID lookups)."""
 
 MESSAGE_CODE = 17
 """neonize's event code of ``MessageEv`` (``neonize.events.EVENT_TO_INT``; checked in tests)."""
@@ -98,12 +125,18 @@ class _Session:
         self.end_pushed = False
         self.thread_started = False
         # Read on neonize's thread too; plain attributes are enough under the GIL.
-        self.closed = False
+        self.stopping = False  # a stop began: status events dropped, sends refused
+        self.closed = False  # Stop began: messages get SHUTDOWN_SEND_WAIT for their commit
+        self.go_ready = False  # Go knows the client: lookups cannot abort the process
         self.live = False
         self.online = False
         self._first_callback = False
-        self._scopes: set[trio.CancelScope] = set()  # cancelled when the session stops
-        self._grace: set[trio.CancelScope] = set()  # given SHUTDOWN_SEND_WAIT when it stops
+        self._activity = 0  # callbacks begun and ended (counted on neonize's thread)
+        self._in_callback = False
+        self._nursery: trio.Nursery | None = None
+        self._scopes: set[trio.CancelScope] = set()  # status deliveries: cancelled on stop
+        self._lookups: set[trio.CancelScope] = set()  # LID lookups: cancelled before Stop
+        self._grace: set[trio.CancelScope] = set()  # given SHUTDOWN_SEND_WAIT when Stop begins
 
     # -------------------------------------------------------------- the run
 
@@ -112,6 +145,7 @@ class _Session:
         # so that ``nursery.start(client.run, …)`` fails with ``ConnectFailed`` itself.
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             try:
                 await self._connect(nursery)
                 if not self.connected.is_set():
@@ -146,14 +180,36 @@ class _Session:
             self._register_handlers(self.nc)
             self.thread_started = True
             nursery.start_soon(self._session_thread)
-            # Go writes its global maps until it has registered the client: the first
-            # callback, or connect() returning (a DNS failure, after milliseconds).
-            with trio.move_on_after(REGISTER_TIMEOUT) as wait:
+            # Go writes and reads its global maps until its first callback (CallbackFunction
+            # has read them all by then) or until connect() returns: a DNS failure after
+            # milliseconds, whatsmeow's own timeouts after at most about a minute.
+            with trio.move_on_after(CONNECT_STUCK):
                 await self.registered.wait()
-            if wait.cancelled_caught:
-                log.warning("gatewayd.whatsapp.neonize.register_slow", agentId=self.agent_id)
+            if not self.registered.is_set():
+                await self._stop_stuck()
+                return
         with trio.move_on_after(CONNECT_TIMEOUT):
             await _wait_first(self.connected, self.ended)
+
+    async def _stop_stuck(self) -> None:
+        """A connect that neither called back nor ended: stop it (still exclusive), report it.
+
+        Exclusion must not last forever, but merely releasing it would leave a session that
+        may connect later with nobody delivering its events. ``Stop`` cancels its context; a
+        thread stuck before Go registered the client (e.g. its database does not answer) may
+        still write Go's maps when it wakes up: that remains a risk (docs/neonize.md).
+        """
+        self.end = Disconnected(
+            f"connect stuck: no callback and no end from neonize within {CONNECT_STUCK:g} s"
+        )
+        self.stopping = self.closed = True
+        log.error(
+            "gatewayd.whatsapp.neonize.connect_stuck",
+            agentId=self.agent_id,
+            seconds=CONNECT_STUCK,
+        )
+        await trio.to_thread.run_sync(self.nc.stop, limiter=SESSION_LIMITER)
+        self.ended.set()
 
     async def _session_thread(self) -> None:
         # abandon_on_cancel: a session stuck where Stop cannot reach it (NEONIZE.md §1) must
@@ -173,9 +229,9 @@ class _Session:
     def _on_thread_done(self, error: BaseException | None) -> None:
         self.thread_done.set()
         self.registered.set()
-        self.live = self.online = False
+        self.go_ready = self.live = self.online = False
         self.error = error
-        if self.end is None and not self.closed:
+        if self.end is None and not self.stopping:
             reason = f"connect failed: {error}" if error is not None else "session ended"
             self.end = Disconnected(reason)
             if error is not None:
@@ -187,10 +243,17 @@ class _Session:
         self.ended.set()
 
     async def _shutdown(self) -> None:
-        """Stop the Go client under the exclusive gate; wait for its thread, boundedly."""
-        self.closed = True
+        """Disconnect, deliver until quiet, then ``Stop`` under the exclusive gate."""
+        graceful = self.go_ready and not self.stopping
+        self.stopping = True
         self.live = self.online = False
         for scope in list(self._scopes):
+            scope.cancel()
+        if graceful:
+            await self._drain()
+        self.closed = True
+        self.go_ready = False  # before waiting for the gate: no lookup reaches a stopped client
+        for scope in list(self._scopes | self._lookups):
             scope.cancel()
         grace = trio.current_time() + SHUTDOWN_SEND_WAIT
         for scope in list(self._grace):
@@ -198,11 +261,49 @@ class _Session:
         if not self.thread_started:
             return
         async with GATE.exclusive():
-            await trio.to_thread.run_sync(self.nc.stop, limiter=FFI_LIMITER)
+            # SESSION_LIMITER: calls stuck in Go may hold every FFI_LIMITER token.
+            await trio.to_thread.run_sync(self.nc.stop, limiter=SESSION_LIMITER)
         with trio.move_on_after(STOP_WAIT):
             await self.thread_done.wait()
         if not self.thread_done.is_set():
             log.warning("gatewayd.whatsapp.neonize.thread_abandoned", agentId=self.agent_id)
+
+    async def _drain(self) -> None:
+        """Close the websocket, then let neonize hand over what it holds until it is quiet.
+
+        whatsmeow acks a message before Python sees it, and ``Stop`` drops neonize's queue:
+        disconnecting first stops new arrivals (no reconnect: the disconnect is expected), and
+        each callback still waits for its commit as usual.
+        """
+        with trio.move_on_after(DRAIN_WAIT) as drain:
+            try:
+                await self.go_call(lambda call: _enter(call, "disconnect", self.nc.disconnect))
+            except WhatsAppError as exc:
+                log.warning(
+                    "gatewayd.whatsapp.neonize.disconnect_failed",
+                    agentId=self.agent_id,
+                    error=exc.message,
+                )
+            while True:
+                seen = self._activity
+                await trio.sleep(QUIET_INTERVAL)
+                if seen == self._activity and not self._in_callback:
+                    break
+        if drain.cancelled_caught:
+            log.warning(
+                "gatewayd.whatsapp.neonize.drain_cut", agentId=self.agent_id, seconds=DRAIN_WAIT
+            )
+
+    async def go_call(
+        self, fn: Callable[[GoCall], T], *, seconds: float = CALL_TIMEOUT, what: str = "call"
+    ) -> T:
+        """``call_go`` for a client Go knows (``go_ready``); ``NotConnected`` otherwise."""
+        return await call_go(fn, seconds=seconds, admit=self.admit_go, what=what)
+
+    def admit_go(self) -> None:
+        """Raise ``NotConnected`` unless Go has this client registered (checked under the gate)."""
+        if self.nc is None or not self.go_ready:
+            raise NotConnected(f"agent {self.agent_id!r} is not connected")
 
     def request_end(self, end: ConnectionEnd) -> None:
         """Make ``run`` end with ``end`` (pushed by ``run``), e.g. when the backend closes."""
@@ -252,14 +353,17 @@ class _Session:
         original_execute = nc.event.execute
 
         def execute(uuid: Any, binary: Any, size: int, code: int) -> None:
+            self._activity += 1
+            self._in_callback = True
             try:
                 if not self._first_callback:
-                    # The first callback means Go has registered the client: connect-start is
-                    # over and the exclusive gate can be released.
+                    # The first callback means Go has registered the client and read its
+                    # maps: connect-start is over, the exclusive gate can be released, and
+                    # lookups are safe from now on (until Stop).
                     self._first_callback = True
-                    self._cross_sync(self.registered.set)
-                # Messages even while closing: whatsmeow has acked them (docs/durability.md).
-                if not self.closed or code == MESSAGE_CODE:
+                    self._cross_sync(self._on_first_callback)
+                # Messages even while stopping: whatsmeow has acked them (docs/durability.md).
+                if not (self.stopping or self.closed) or code == MESSAGE_CODE:
                     original_execute(uuid, binary, size, code)
             except Exception as exc:
                 if code == MESSAGE_CODE:
@@ -272,8 +376,16 @@ class _Session:
                     )
             except BaseException:  # never into ctypes
                 log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
+            finally:
+                self._in_callback = False
+                self._activity += 1
 
         nc.event.execute = execute
+
+    def _on_first_callback(self) -> None:
+        if not self.closed:
+            self.go_ready = True
+        self.registered.set()
 
     @property
     def _handler(self) -> Callable[[Any, Any], None]:
@@ -332,7 +444,7 @@ class _Session:
         from neonize.events import ConnectFailureEv, MessageEv
 
         is_message = isinstance(raw, MessageEv)
-        if self.closed and not is_message:
+        if (self.stopping or self.closed) and not is_message:
             return
         event: ClientEvent | None
         try:
@@ -351,7 +463,7 @@ class _Session:
         if isinstance(event, MessageReceived | MessageUnreadable):
             await self._deliver_message(event)
             return
-        if event is None or self.end is not None or self.closed:
+        if event is None or self.end is not None or self.stopping or self.closed:
             if event is None:
                 log.info(
                     "gatewayd.whatsapp.neonize.event",
@@ -378,6 +490,8 @@ class _Session:
                 await self._send(event)
                 if isinstance(event, Connected):
                     self.connected.set()
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._announce_presence)
             finally:
                 self._scopes.discard(scope)
 
@@ -385,11 +499,11 @@ class _Session:
         """Push one message and wait for its commit; boundedly once the session stops."""
         if isinstance(event, MessageReceived) and not self.closed:
             with trio.CancelScope() as scope:  # a stop cancels the lookup, not the message
-                self._scopes.add(scope)
+                self._lookups.add(scope)
                 try:
                     event = await self._resolve_lids(event)
                 finally:
-                    self._scopes.discard(scope)
+                    self._lookups.discard(scope)
         with trio.CancelScope() as scope:
             if self.closed:
                 scope.deadline = trio.current_time() + SHUTDOWN_SEND_WAIT
@@ -413,7 +527,9 @@ class _Session:
         import attrs
 
         msg = event.message
-        if msg.sender_lid is None or msg.sender != msg.sender_lid or not self.live:
+        # Allowed from the first callback on (whatsmeow dispatches stored messages before
+        # Connected), never before it or once Stop began: the lookup would abort the process.
+        if msg.sender_lid is None or msg.sender != msg.sender_lid or not self.go_ready:
             return event
         try:
             pn = await self._lookup_pn(msg.sender_lid)
@@ -428,13 +544,41 @@ class _Session:
 
     async def _lookup_pn(self, lid: str) -> str | None:
         jid = str_to_jid(lid)
-        async with GATE.shared():
-            if not self.live or self.closed:
-                return None
-            nc = self.nc
-            with map_exceptions():
-                result = await trio.to_thread.run_sync(nc.get_pn_from_lid, jid, limiter=FFI_LIMITER)
+        nc = self.nc
+        result = await self.go_call(
+            lambda call: _enter(call, "lookup", nc.get_pn_from_lid, jid), what="LID lookup"
+        )
         return jid_to_str(result)
+
+    async def _announce_presence(self) -> None:
+        """Send presence "available" once for this connection; a failure is only logged.
+
+        whatsmeow: until the server has it, other users see "-" as the account's name.
+        """
+        from neonize.utils.enum import Presence
+
+        nc = self.nc
+        if not self.live:
+            return
+        try:
+            await self.go_call(
+                lambda call: _enter(call, "presence", nc.send_presence, Presence.AVAILABLE),
+                what="presence",
+            )
+        except WhatsAppError as exc:
+            log.info(
+                "gatewayd.whatsapp.neonize.presence_failed",
+                agentId=self.agent_id,
+                error=exc.message,
+            )
+        else:
+            log.debug("gatewayd.whatsapp.neonize.presence_sent", agentId=self.agent_id)
+
+
+def _enter(call: GoCall, step: str, fn: Callable[..., T], *args: Any) -> T:
+    """Enter ``step`` of ``call`` (refused once its caller gave up), then call ``fn``."""
+    call.enter(step)
+    return fn(*args)
 
 
 async def _wait_first(*events: trio.Event) -> None:
