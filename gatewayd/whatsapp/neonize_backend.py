@@ -28,6 +28,7 @@ from gatewayd.whatsapp.neonize_env import (
 )
 from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE
 from gatewayd.whatsapp.neonize_pairing import PairingConfig
+from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT, DRAIN_WAIT
 from gatewayd.whatsapp.neonize_translate import str_to_jid
 from gatewayd.whatsapp.port import Disconnected
 
@@ -128,7 +129,11 @@ class NeonizeBackend:
             if not self._running:
                 self._idle.set()
 
-    async def aclose(self, *, timeout: float = STOP_WAIT + 5.0) -> None:  # noqa: ASYNC109 - bounds a shielded wait
+    async def aclose(
+        self,
+        *,
+        timeout: float = CALL_TIMEOUT + DRAIN_WAIT + STOP_WAIT + 5.0,  # noqa: ASYNC109 - a shielded wait
+    ) -> None:
         """End every session still running (normally their callers did), boundedly."""
         self._closing = True
         for session in list(self._running.values()):
