@@ -156,6 +156,8 @@ class AgentsConfig:
     forward_max_attempts: int = attrs.field(default=3, metadata=_live())
     #: Events buffered per bus subscriber before a slow one is dropped.
     bus_buffer: int = attrs.field(default=256, metadata=_restart())
+    #: Agents restored at start that may be connecting at once (the rest wait their turn).
+    restore_concurrency: int = attrs.field(default=8, metadata=_restart())
 
 
 @attrs.frozen
@@ -331,6 +333,8 @@ def _check_values(config: Config) -> Iterator[str]:
         yield f"agents.reply_max_age: expected > 0, got {a.reply_max_age}"
     if a.forward_max_attempts < 1:
         yield f"agents.forward_max_attempts: expected >= 1, got {a.forward_max_attempts}"
+    if not 1 <= a.restore_concurrency <= 10_000:
+        yield f"agents.restore_concurrency: expected 1..10000, got {a.restore_concurrency}"
     if not re.fullmatch(r"[1-9][0-9]{0,3}", config.whatsapp.default_country_code):
         yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
     yield from check_sim_url(config.whatsapp)

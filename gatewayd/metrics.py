@@ -60,6 +60,11 @@ class Metrics:
             ["agent"],
             registry=r,
         )
+        self.client_outdated = Gauge(
+            "gatewayd_whatsapp_client_outdated",
+            "1 once WhatsApp refused this client version (upgrade gatewayd / neonize).",
+            registry=r,
+        )
         # --- the deployed service's names ---
         self.wa_sessions_active = Gauge(
             "whatsapp_sessions_active", "Connected WhatsApp sessions.", registry=r

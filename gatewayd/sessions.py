@@ -31,6 +31,10 @@ SESSION_STATE = {
     "disconnected": "DISCONNECTED",
     "auth_failed": "UNPAIRED",
     "stopped": "STOPPED",
+    "logged_out": "UNPAIRED",
+    "replaced": "CONFLICT",
+    "banned": "BANNED",
+    "outdated": "OUTDATED",
 }
 
 

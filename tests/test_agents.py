@@ -216,21 +216,23 @@ async def test_a_message_the_forwarder_chokes_on_is_quarantined_and_the_agent_mo
 @pytest.mark.parametrize(
     ("action", "status", "reason"),
     [
-        ("log_out", "auth_failed", "logged_out:logged_out"),
-        ("replace_stream", "disconnected", "stream_replaced"),
-        ("outdated", "disconnected", "client_outdated"),
-        ("ban", "disconnected", "temporary_ban:"),
+        ("log_out", "logged_out", "logged_out:logged_out"),
+        ("replace_stream", "replaced", "stream_replaced"),
+        ("outdated", "outdated", "client_outdated"),
+        ("ban", "banned", "temporary_ban:"),
     ],
 )
 async def test_terminal_events_stop_reconnects(
     world: World, autojump_clock: trio.testing.MockClock, action: str, status: str, reason: str
 ) -> None:
-    """Logged out, stream replaced, outdated and banned record status and reason, and never reconnect."""
+    """Logged out, stream replaced, outdated and banned record a status that says so, and never
+    reconnect before their time (a ban of an hour: not within ten minutes)."""
     await world.start_supervisor()
     handle = await world.paired_agent("bot-a", "628123450001")
     device = handle.record.device_jid
     assert device is not None
     attempts_before = len(world.sim.connect_attempts[device])
+    ended_at = trio.current_time()
     with world.bus.subscribe("bot-a") as events:
         if action == "ban":
             world.sim.ban("bot-a", 3600)
@@ -239,14 +241,60 @@ async def test_terminal_events_stop_reconnects(
         event = await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == status)
     assert event.data["reason"].startswith(reason)
     await trio.sleep(600)  # ten virtual minutes: a blind reconnect would have happened
-    assert len(world.sim.connect_attempts[device]) == attempts_before
+    later = world.sim.connect_attempts[device][attempts_before:]
+    if action == "ban":  # resumed only after the ban's expiry (virtual times)
+        assert all(t >= ended_at + 3600 for t in later), later
+    else:
+        assert later == []
     record = await agents_store.get_agent(world.db, "bot-a")
-    assert (
-        record is not None and record.status == status and record.status_reason.startswith(reason)
-    )  # type: ignore[union-attr]
+    assert record is not None
+    if action == "ban" and later:
+        pass  # the virtual clock passed the expiry while a database thread ran: resuming
+    else:
+        assert record.status == status and (record.status_reason or "").startswith(reason)
     if action == "log_out":
         assert record.device_jid is None  # the device data is gone
         assert device not in await world.sim.known_devices()
+
+
+async def test_a_temporary_ban_resumes_after_its_expiry(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Banned for 300 s: status banned, no connect attempt before the expiry, connected after."""
+    await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    device = handle.record.device_jid
+    assert device is not None
+    with world.bus.subscribe("bot-a") as events:
+        banned_at = trio.current_time()
+        world.sim.ban("bot-a", 300)
+        await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "banned")
+        await wait_for(events, lambda e: e.kind == "status" and e.data["status"] == "connected")
+    attempts = [t for t in world.sim.connect_attempts[device] if t > banned_at]
+    assert attempts and min(attempts) >= banned_at + 300
+    assert handle.connected
+
+
+async def test_client_outdated_raises_one_operator_alert(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every agent refused as outdated: one alert (metric, health degraded), agents stay down."""
+    sup = await world.start_supervisor()
+    await world.paired_agent("bot-a", "628123450001")
+    await world.paired_agent("bot-b", "628123450002")
+    with world.bus.subscribe() as events:
+        world.sim.outdated("bot-a")
+        world.sim.outdated("bot-b")
+        seen: set[str] = set()
+        while seen != {"bot-a", "bot-b"}:
+            e = await wait_for(
+                events, lambda e: e.kind == "status" and e.data["status"] == "outdated"
+            )
+            seen.add(e.agent_id)
+    assert world.metrics.registry.get_sample_value("gatewayd_whatsapp_client_outdated") == 1
+    health = sup.health()
+    assert health["status"] == "degraded" and health["alert"] == "client_outdated"
+    assert sup.counts_by_status() == {"outdated": 2}
 
 
 async def test_lost_connection_reconnects_with_growing_backoff(

@@ -295,6 +295,14 @@ class AgentTree:
                 end, got_online = exc.event, False
             if isinstance(end, LoggedOut):
                 await self._forget_device(record.device_jid)
+            if isinstance(end, TemporaryBan):
+                # WhatsApp says when it ends: connect again then, not before, not never.
+                resume = max(end.expires_in, cfg.reconnect_initial)
+                log.warning("gatewayd.agent.banned", code=end.code, resumeIn=round(resume, 1))
+                await trio.sleep(resume)
+                continue
+            if isinstance(end, ClientOutdated):
+                self.sup.client_outdated()
             if end.terminal:
                 log.warning("gatewayd.agent.connection_ended", kind=end.kind)
                 handle.terminal = True
@@ -689,11 +697,11 @@ def _ended_status(event: ClientEvent) -> tuple[str, str | None]:
     if isinstance(event, Disconnected):
         return "disconnected", event.reason
     if isinstance(event, LoggedOut):
-        return "auth_failed", f"logged_out:{event.reason}"
+        return "logged_out", f"logged_out:{event.reason}"
     if isinstance(event, StreamReplaced):
-        return "disconnected", "stream_replaced"
+        return "replaced", "stream_replaced"
     if isinstance(event, TemporaryBan):
-        return "disconnected", f"temporary_ban:{event.code}:{int(event.expires_in)}s"
+        return "banned", f"temporary_ban:{event.code}:{int(event.expires_in)}s"
     if isinstance(event, ClientOutdated):
-        return "disconnected", "client_outdated"
+        return "outdated", "client_outdated"
     raise AssertionError(f"unexpected event {event!r}")

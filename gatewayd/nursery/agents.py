@@ -41,6 +41,14 @@ from gatewayd.whatsapp.port import WhatsAppBackend
 
 log = structlog.get_logger()
 
+RESTORE_SLOT_TIMEOUT = 90.0
+"""Longest one restored agent keeps its connect slot without reporting a status (neonize's own
+bounds for a first attempt are 15 s to register plus 60 s to connect)."""
+
+STUCK = "stuck"
+"""The status reason of an agent whose tree did not end within ``agents.command_timeout`` of
+its stop: a call of it is stuck where cancellation cannot reach it."""
+
 
 async def record_only(handle: AgentHandle, stored: StoredInbound) -> str | Outgoing:
     """The forwarder of a daemon with nowhere to forward to: the message is recorded."""
@@ -67,6 +75,10 @@ class AgentSupervisor:
         self._handles: dict[str, AgentHandle] = {}
         self._by_uuid: dict[uuid.UUID, AgentHandle] = {}
         self._nursery: trio.Nursery | None = None
+        #: Agents restore has still to start (a stop meanwhile takes one out).
+        self._restoring: set[str] = set()
+        #: Stopped agents whose tree has not ended yet (a call stuck), until it does.
+        self._stuck: dict[str, AgentHandle] = {}
         #: Commits every received message before its client's callback returns.
         self.inbound = InboundWriter(db, self._stored)
         #: Records the forwarder's outcomes, many per transaction.
@@ -75,6 +87,8 @@ class AgentSupervisor:
         )
         #: Counts forwarding attempts, many per transaction.
         self.attempts = GroupCommit[int, int](lambda rows: messages_store.begin_attempts(db, rows))
+        #: WhatsApp refused the client version (see ``client_outdated``).
+        self.outdated = False
         #: Set once ``run`` has fully finished, shutdown bookkeeping included.
         self.finished = trio.Event()
 
@@ -116,10 +130,69 @@ class AgentSupervisor:
             self.finished.set()
 
     async def restore(self) -> int:
+        """Start every restorable agent, at most ``agents.restore_concurrency`` connecting at once.
+
+        An agent holds its slot until its first status (connected, or its first attempt
+        failed), its tree's end, or ``RESTORE_SLOT_TIMEOUT``; the next agent starts then. So
+        the first sends after a restart of many agents wait behind a few connects, not all
+        of them. The first wave is started before this returns, the rest in the background;
+        an agent started or stopped by the operator meanwhile is left alone.
+        """
         records = await agents_store.list_restorable(self.db)
-        for record in records:
-            await self._spawn(record)
+        if records and self._nursery is not None:
+            limiter = trio.CapacityLimiter(self.config().agents.restore_concurrency)
+            self._restoring = {record.agent_id for record in records}
+            await self._nursery.start(self._restore_all, records, limiter)
         return len(records)
+
+    async def _restore_all(
+        self,
+        records: list[agents_store.AgentRecord],
+        limiter: trio.CapacityLimiter,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
+        for record in records:
+            if not started and limiter.available_tokens == 0:
+                task_status.started()  # the first wave is in; the others follow
+                started = True
+            nursery = self._nursery
+            if nursery is None:
+                return
+            await nursery.start(self._restore_one, record, limiter)
+        if not started:
+            task_status.started()
+        if len(records) > limiter.total_tokens:
+            log.info("gatewayd.agents.restore_done", count=len(records))
+
+    async def _restore_one(
+        self,
+        record: agents_store.AgentRecord,
+        limiter: trio.CapacityLimiter,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start one restored agent and hold a slot of ``limiter`` until its first status."""
+        async with limiter:
+            agent_id = record.agent_id
+            if agent_id not in self._restoring or agent_id in self._handles:
+                task_status.started()  # stopped, or started by the operator, meanwhile
+                return
+            self._restoring.discard(agent_id)
+            # Subscribed before the tree starts: its first status cannot be missed.
+            with self.bus.subscribe(agent_id, buffer=64) as events:
+                try:
+                    handle = await self._spawn(record)
+                finally:
+                    task_status.started()
+                with trio.move_on_after(RESTORE_SLOT_TIMEOUT):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_cancel_when_set, handle.done, nursery.cancel_scope)
+                        async for event in events:
+                            if event.kind == "status":
+                                break
+                        nursery.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -157,24 +230,69 @@ class AgentSupervisor:
 
     async def stop(
         self, agent_id: str, *, status: str | None = "stopped", reason: str | None = None
-    ) -> None:
-        """Cancel the agent's tree and wait for it; record ``status`` unless None."""
+    ) -> bool:
+        """Cancel the agent's tree and wait for it; record ``status`` unless None.
+
+        The wait is bounded by ``agents.command_timeout``. A tree still running then has a
+        call stuck where cancellation cannot reach it (a Go call in a worker thread): the
+        agent is logged and recorded as ``status`` (``disconnected`` for None) with the reason
+        ``stuck``, listed by ``stuck_agents`` until its tree ends, and then recorded as asked
+        (unless it runs again by then). Returns whether the tree ended in time.
+        """
+        self._restoring.discard(agent_id)
         handle = self._handles.pop(agent_id, None)
         if handle is not None:
             if self._by_uuid.get(handle.id) is handle:
                 del self._by_uuid[handle.id]
             handle.cancel_scope.cancel()
-            await handle.done.wait()
+            timeout = self.config().agents.command_timeout
+            with trio.move_on_after(timeout):
+                await handle.done.wait()
+            ended = handle.done.is_set()
             handle.commands.close()
             for command in handle.take_queued():
                 await refuse_queued(self.db, command, "the agent was stopped")
-            if status is not None:
+            if not ended:
+                await self._report_stuck(handle, status, reason, timeout)
+            elif status is not None:
                 await agents_store.set_status(self.db, handle.id, status, reason)
+            return ended
         elif status is not None:
             record = await agents_store.get_agent(self.db, agent_id)
             if record is None:
                 raise SessionNotFound(f"No session for agent {agent_id!r}")
             await agents_store.set_status(self.db, record.id, status, reason)
+        return True
+
+    def stuck_agents(self) -> list[str]:
+        """Agents stopped while a call of theirs was stuck, whose tree has not ended yet."""
+        return list(self._stuck)
+
+    async def _report_stuck(
+        self, handle: AgentHandle, status: str | None, reason: str | None, waited: float
+    ) -> None:
+        """Record a stop that timed out, and finish its bookkeeping once the tree ends."""
+        log.error("gatewayd.agent.stuck", agentId=handle.agent_id, waited=waited)
+        self._stuck[handle.agent_id] = handle
+        stuck_status = status or "disconnected"
+        handle.status, handle.status_reason = stuck_status, STUCK
+        await agents_store.set_status(self.db, handle.id, stuck_status, STUCK)
+        self.bus.publish(
+            BusEvent(handle.agent_id, "status", {"status": stuck_status, "reason": STUCK})
+        )
+        nursery = self._nursery
+        if nursery is not None:
+            nursery.start_soon(self._after_stuck, handle, status, reason)
+
+    async def _after_stuck(
+        self, handle: AgentHandle, status: str | None, reason: str | None
+    ) -> None:
+        await handle.done.wait()
+        if self._stuck.get(handle.agent_id) is handle:
+            del self._stuck[handle.agent_id]
+        log.warning("gatewayd.agent.unstuck", agentId=handle.agent_id)
+        if status is not None and handle.agent_id not in self._handles:
+            await agents_store.set_status(self.db, handle.id, status, reason)
 
     async def restart(self, agent_id: str) -> AgentHandle:
         """Stop and start again (reconnect with the same device)."""
@@ -317,6 +435,19 @@ class AgentSupervisor:
 
     # ------------------------------------------------------------------ reporting
 
+    def client_outdated(self) -> None:
+        """WhatsApp refused the client version. It is baked into the library, so it hits
+        every agent at once: one operator alert (log, metric, /health degraded), not one per
+        agent; the agents stay down (status ``outdated``) until gatewayd is upgraded."""
+        if self.outdated:
+            return
+        self.outdated = True
+        self.metrics.client_outdated.set(1)
+        log.critical(
+            "gatewayd.whatsapp.client_outdated",
+            action="WhatsApp refuses this client version: upgrade gatewayd (its neonize) and restart",
+        )
+
     def counts_by_status(self) -> dict[str, int]:
         return dict(Counter(h.status for h in self._handles.values()))
 
@@ -336,11 +467,17 @@ class AgentSupervisor:
     def health(self) -> dict[str, Any]:
         counts = self.counts_by_status()
         return {
-            "status": "up",
+            "status": "degraded" if self.outdated else "up",
+            **({"alert": "client_outdated"} if self.outdated else {}),
             "agents": counts,
             "total": sum(counts.values()),
             "connected": counts.get("connected", 0),
         }
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _replay(first: outbound_store.KeyedSend) -> Sent:

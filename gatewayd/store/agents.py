@@ -12,7 +12,17 @@ from psycopg.types.json import Jsonb
 
 from gatewayd.store.db import Connection, Database
 
-STATUSES = ("awaiting_qr", "connected", "disconnected", "auth_failed", "stopped")
+STATUSES = (
+    "awaiting_qr",
+    "connected",
+    "disconnected",
+    "auth_failed",
+    "stopped",
+    "logged_out",
+    "replaced",
+    "banned",
+    "outdated",
+)
 
 _COLUMNS = (
     "id, agent_id, name, user_id, api_key, endpoint_url_run, webhook_url, status, status_reason,"
@@ -77,12 +87,14 @@ async def create_agent(
 
 
 async def list_restorable(db: Database) -> list[AgentRecord]:
-    """Agents with a paired device that the operator has not stopped."""
+    """Agents with a paired device that the operator has not stopped, and whose session was
+    not taken over by another client (restoring that one would take it back, in turns)."""
 
     def work(conn: Connection) -> list[AgentRecord]:
         with conn.cursor(row_factory=class_row(AgentRecord)) as cur:
             cur.execute(
-                f"SELECT {_COLUMNS} FROM agents WHERE device_jid IS NOT NULL AND status <> 'stopped'"
+                f"SELECT {_COLUMNS} FROM agents WHERE device_jid IS NOT NULL"
+                " AND status NOT IN ('stopped', 'replaced')"
                 " ORDER BY created_at"
             )
             return cur.fetchall()

@@ -19,6 +19,8 @@ Behaviour worth knowing, mirroring the real network:
 * ``log_out`` forgets the device (the next ``run`` fails with ``LoggedOut(on_connect=True)``);
   ``ban`` also refuses connections until it expires; a second ``run`` on one device replaces the
   first one's stream.
+* ``stall`` makes an agent's connects and sends hang, uncancellable, until ``unstall``: a call
+  stuck in the real library, which a stop must not wait for unbounded.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class SimulatedWhatsApp:
         self._push_names: dict[str, str] = {}  # PN JID -> push name
         self._groups: dict[str, tuple[str, ...]] = {}
         self._refusals: dict[str, int] = {}  # device JID -> connects still to refuse
+        self._stalls: dict[str, trio.Event] = {}  # agent id -> set when its stall ends
         #: Virtual times of every connect attempt, by device JID (for reconnect schedules).
         self.connect_attempts: dict[str, list[float]] = {}
 
@@ -264,6 +267,34 @@ class SimulatedWhatsApp:
         """The next ``count`` connects of ``device_jid`` fail like a network error
         (``Disconnected``, not terminal), as a DNS failure or a refused socket would."""
         self._refusals[device_jid] = count
+
+    def stall(self, agent_id: str) -> None:
+        """Make the agent's next connects and sends hang, cancellation or not, until ``unstall``.
+
+        It stands for a call stuck inside the real library: a Go call in a worker thread that
+        no deadline reaches (whatsmeow sets none on uploads), which Trio cannot cancel; or a
+        connect that takes long to report anything.
+        """
+        if agent_id not in self._stalls:
+            self._stalls[agent_id] = trio.Event()
+
+    def unstall(self, agent_id: str) -> None:
+        """Let the agent's stalled calls go on (and new ones through)."""
+        stall = self._stalls.pop(agent_id, None)
+        if stall is not None:
+            stall.set()
+
+    def stalled_calls(self, agent_id: str) -> int:
+        """How many of the agent's calls are hanging in a stall right now."""
+        stall = self._stalls.get(agent_id)
+        return 0 if stall is None else stall.statistics().tasks_waiting
+
+    async def _stalled(self, agent_id: str) -> None:
+        """Hang while the agent is stalled; shielded, as a thread in Go cannot be cancelled."""
+        stall = self._stalls.get(agent_id)
+        if stall is not None:
+            with trio.CancelScope(shield=True):
+                await stall.wait()
 
     def fail_pairing(self, agent_id: str, reason: str = "error") -> None:
         """End the agent's pairing with whatsmeow's ``reason`` (``"err-client-outdated"``, …)."""

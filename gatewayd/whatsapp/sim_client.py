@@ -221,6 +221,7 @@ class SimulatedClient:
         """Connect and push events until the connection ends; see ``WhatsAppClient.run``."""
         if self._conn is not None:
             raise WhatsAppError(f"agent {self._agent_id!r} is already running")
+        await self._net._stalled(self._agent_id)  # a stall control of the network (sim.py)
         failure = self._net._connect_failure(device_jid)
         if failure is not None:
             self._end(failure)  # a device found logged out is forgotten here too
@@ -312,6 +313,7 @@ class SimulatedClient:
         # The checkpoint stands for the round trip; checking after it makes each send atomic
         # with respect to drops injected by other tasks.
         await trio.lowlevel.checkpoint()
+        await self._net._stalled(self._agent_id)  # a stall control of the network (sim.py)
         self._require_connected()
         if _JID_RE.fullmatch(to) is None:
             raise InvalidRecipient(f"not a WhatsApp JID: {to!r}", details={"to": to})
