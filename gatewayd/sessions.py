@@ -155,8 +155,9 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-async def delete_session(gateway: Gateway, agent_id: str) -> None:
-    await gateway.agents.delete(agent_id)
+async def delete_session(gateway: Gateway, agent_id: str) -> bool:
+    """Delete the agent; whether WhatsApp was told the device is unlinked."""
+    return await gateway.agents.delete(agent_id)
 
 
 async def reconnect_session(gateway: Gateway, agent_id: str) -> QrSnapshot | None:

@@ -540,3 +540,32 @@ async def test_every_line_of_an_agent_tree_carries_its_agent_id(world: World) ->
     assert not any(line.get("traceId") == "the-creating-request" for line in tree)
     sent = [line for line in tree if line["event"] == "gatewayd.send.sent"]
     assert sent[0]["traceId"] == "send-trace"
+
+
+async def test_logging_out_an_offline_agent_reaches_whatsapp_briefly(world: World) -> None:
+    """An agent that is not connected is connected briefly to be logged out (the phone stops
+    listing it); a message waiting for it meanwhile is still stored; when WhatsApp cannot be
+    reached, the logout says so."""
+    sup = await world.start_supervisor()
+    handle = await world.paired_agent("bot-a", "628123450001")
+    device = handle.record.device_jid
+    assert device is not None
+    await sup.stop("bot-a")
+    attempts = len(world.sim.connect_attempts[device])
+    waiting = world.sim.inject_text("bot-a", CUSTOMER, "while you were away")
+    assert await sup.logout("bot-a") is True
+    assert len(world.sim.connect_attempts[device]) == attempts + 1
+    assert world.sim.account("bot-a") is None  # the network unlinked it
+    stored = await world.db.run(
+        lambda conn: conn.execute(
+            "SELECT count(*) FROM messages WHERE wa_message_id = %s", (waiting.id,)
+        ).fetchone()
+    )
+    assert stored == (1,)
+
+    other = await world.paired_agent("bot-b", "628123450002")
+    other_device = other.record.device_jid
+    assert other_device is not None
+    await sup.stop("bot-b")
+    world.sim.refuse_connections(other_device, 100)
+    assert await sup.delete("bot-b") is False  # WhatsApp could not be told

@@ -99,8 +99,10 @@ async def delete_session(request: Request) -> Response:
     gateway = _gateway(request)
     sessions.require_admin(gateway, request.headers.get("authorization"))
     agent_id = _agent_id(request.path_params["agent_id"])
-    await sessions.delete_session(gateway, agent_id)
-    return ok({"agentId": agent_id, "deleted": True}, message="Session deleted")
+    unlinked = await sessions.delete_session(gateway, agent_id)
+    # unlinked false: WhatsApp could not be reached, the phone may still list the device.
+    body = {"agentId": agent_id, "deleted": True, "unlinked": unlinked}
+    return ok(body, message="Session deleted")
 
 
 async def reconnect_session(request: Request) -> Response:

@@ -15,7 +15,6 @@ from typing import Any
 import structlog
 import trio
 
-from gatewayd import errors
 from gatewayd.config import Config
 from gatewayd.errors import (
     AgentStopped,
@@ -27,10 +26,11 @@ from gatewayd.errors import (
 )
 from gatewayd.metrics import Metrics
 from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward, refuse_queued
-from gatewayd.nursery.bus import BusEvent, EventBus
-from gatewayd.nursery.commands import Outgoing, Sent, new_send
+from gatewayd.nursery.bus import BusEvent, EventBus, message_event
+from gatewayd.nursery.commands import Outgoing, Sent, new_send, replay
 from gatewayd.nursery.groupcommit import GroupCommit
 from gatewayd.nursery.inbound import InboundWriter
+from gatewayd.nursery.unlink import unlink_offline
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
@@ -207,6 +207,11 @@ class AgentSupervisor:
         handle = self._handles.get(agent_id)
         if handle is not None and not handle.done.is_set():
             return handle
+        if agent_id in self._stuck:
+            raise AgentStopped(
+                f"Session {agent_id!r} is still stuck in a call from before its stop;"
+                " it can start once that call returns"
+            )
         record = await agents_store.get_agent(self.db, agent_id)
         if record is None:
             raise SessionNotFound(f"No session for agent {agent_id!r}")
@@ -299,36 +304,47 @@ class AgentSupervisor:
         await self.stop(agent_id, status=None)
         return await self.start(agent_id)
 
-    async def logout(self, agent_id: str) -> None:
-        """Log the device out (when connected), forget it, stop the tree."""
+    async def logout(self, agent_id: str) -> bool:
+        """Log the device out, forget it, stop the tree. An agent that is not connected is
+        connected briefly to tell WhatsApp (so the phone stops listing the device). Returns
+        whether WhatsApp was told (False: the phone may still list it; also logged)."""
         record = await agents_store.get_agent(self.db, agent_id)
         if record is None:
             raise SessionNotFound(f"No session for agent {agent_id!r}")
         handle = self._handles.get(agent_id)
+        told = False
         if handle is not None and handle.connected:
             try:
                 await handle.client.logout()
+                told = True
             except Exception:
                 log.warning("gatewayd.agent.logout_failed", agentId=agent_id, exc_info=True)
-        await self.stop(agent_id, status=None)
+        ended = await self.stop(agent_id, status=None)
+        if record.device_jid and not told and ended:
+            client = self.backend.client(agent_id)
+            told = await unlink_offline(client, record.device_jid, self.inbound, record.id)
         if record.device_jid:
+            if not told:
+                log.warning("gatewayd.agent.still_listed", agentId=agent_id)
             await self.backend.forget_device(record.device_jid)
         await agents_store.set_device(self.db, record.id, device_jid=None)
         await agents_store.set_status(self.db, record.id, "stopped", "logged_out_by_operator")
+        return told or not record.device_jid
 
     async def new_pairing(self, agent_id: str) -> AgentHandle:
         """Log out whatever device is linked and start pairing again (a fresh QR)."""
         await self.logout(agent_id)
         return await self.start(agent_id)
 
-    async def delete(self, agent_id: str) -> None:
-        """Log out, remove device data and the agent's rows."""
+    async def delete(self, agent_id: str) -> bool:
+        """Log out, remove device data and the agent's rows; whether WhatsApp was told."""
         record = await agents_store.get_agent(self.db, agent_id)
         if record is None:
             raise SessionNotFound(f"No session for agent {agent_id!r}")
-        await self.logout(agent_id)
+        told = await self.logout(agent_id)
         await agents_store.delete_agent(self.db, record.id)
-        log.info("gatewayd.agent.deleted", agentId=agent_id)
+        log.info("gatewayd.agent.deleted", agentId=agent_id, unlinked=told)
+        return told
 
     # ------------------------------------------------------------------ commands
 
@@ -337,28 +353,9 @@ class AgentSupervisor:
         handle = self._by_uuid.get(agent_uuid)
         if handle is None:
             return  # not running: the agent's next tree reads it back from the table
-        message = stored.message
         self.metrics.messages_received.labels(handle.agent_id).inc()
         self.metrics.wa_messages_received.labels(handle.agent_id).inc()
-        self.bus.publish(
-            BusEvent(
-                handle.agent_id,
-                "message",
-                {
-                    "rowId": stored.row_id,
-                    "id": message.id,
-                    "chat": message.chat,
-                    "sender": message.sender,
-                    "senderLid": message.sender_lid,
-                    "pushName": message.push_name,
-                    "text": message.text,
-                    "isGroup": message.is_group,
-                    "isFromMe": message.is_from_me,
-                    "mediaType": message.media_type,
-                    "timestampMs": message.timestamp_ms,
-                },
-            )
-        )
+        self.bus.publish(message_event(handle.agent_id, stored.row_id, stored.message))
         if handle.inbound is not None:
             try:
                 handle.inbound.send_nowait(stored)
@@ -400,7 +397,7 @@ class AgentSupervisor:
             if agent_uuid is not None:
                 first = await outbound_store.find_by_key(self.db, agent_uuid, idempotency_key)
                 if first is not None:
-                    return _replay(first)
+                    return replay(first)
         handle = self._ready(agent_id)
         row_id = await outbound_store.insert_pending(
             self.db, handle.id, message, trace_id=trace_id, key=idempotency_key
@@ -412,7 +409,7 @@ class AgentSupervisor:
                 raise IdempotencyConflict(
                     "A send with this Idempotency-Key was just refused; retry"
                 )
-            return _replay(first)
+            return replay(first)
         command, reply = new_send(row_id, message, trace_id)
         try:
             handle.commands.send_nowait(command)
@@ -472,31 +469,10 @@ class AgentSupervisor:
             "agents": counts,
             "total": sum(counts.values()),
             "connected": counts.get("connected", 0),
+            **({"stuck": sorted(self._stuck)} if self._stuck else {}),
         }
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-
-
-def _replay(first: outbound_store.KeyedSend) -> Sent:
-    """The answer a retried Idempotency-Key gets: the first send's, never a second send."""
-    if first.status == "sent" and first.wa_message_id is not None:
-        return Sent(
-            message_id=first.wa_message_id,
-            timestamp_ms=first.timestamp_ms or 0,
-            row_id=first.row_id,
-        )
-    if first.status == "failed" and first.result and isinstance(first.result.get("error"), dict):
-        error = first.result["error"]
-        cls = getattr(errors, str(error.get("type")), None)
-        if not (isinstance(cls, type) and issubclass(cls, errors.GatewayError)):
-            cls = errors.WhatsAppError
-        raise cls(str(error.get("message") or "the first send with this key failed"))
-    if first.status == "unknown":
-        raise IdempotencyConflict(
-            "The first send with this Idempotency-Key was interrupted while WhatsApp had it;"
-            " it is not sent again (its outcome is unknown)"
-        )
-    raise IdempotencyConflict("A send with this Idempotency-Key is still in progress")

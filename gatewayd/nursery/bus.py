@@ -14,6 +14,8 @@ import attrs
 import structlog
 import trio
 
+from gatewayd.whatsapp.port import InboundMessage
+
 log = structlog.get_logger()
 
 
@@ -90,3 +92,24 @@ class EventBus:
         if agent_id is None:
             return len(self._global)
         return len(self._by_agent.get(agent_id, ()))
+
+
+def message_event(agent_id: str, row_id: int, message: InboundMessage) -> BusEvent:
+    """The live event of a newly stored message."""
+    return BusEvent(
+        agent_id,
+        "message",
+        {
+            "rowId": row_id,
+            "id": message.id,
+            "chat": message.chat,
+            "sender": message.sender,
+            "senderLid": message.sender_lid,
+            "pushName": message.push_name,
+            "text": message.text,
+            "isGroup": message.is_group,
+            "isFromMe": message.is_from_me,
+            "mediaType": message.media_type,
+            "timestampMs": message.timestamp_ms,
+        },
+    )

@@ -8,13 +8,18 @@ command's own one-shot reply channel.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import outcome
 import trio
 
+from gatewayd import errors
+from gatewayd.errors import IdempotencyConflict
 from gatewayd.whatsapp.port import Quote, SendResult
+
+if TYPE_CHECKING:
+    from gatewayd.store.outbound import KeyedSend
 
 SendKind = Literal["text", "image", "document", "audio", "video"]
 
@@ -65,3 +70,25 @@ def new_send(
 
 def result_of(result: SendResult, row_id: int) -> Sent:
     return Sent(message_id=result.message_id, timestamp_ms=result.timestamp_ms, row_id=row_id)
+
+
+def replay(first: KeyedSend) -> Sent:
+    """The answer a retried Idempotency-Key gets: the first send's, never a second send."""
+    if first.status == "sent" and first.wa_message_id is not None:
+        return Sent(
+            message_id=first.wa_message_id,
+            timestamp_ms=first.timestamp_ms or 0,
+            row_id=first.row_id,
+        )
+    if first.status == "failed" and first.result and isinstance(first.result.get("error"), dict):
+        error = first.result["error"]
+        cls = getattr(errors, str(error.get("type")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.GatewayError)):
+            cls = errors.WhatsAppError
+        raise cls(str(error.get("message") or "the first send with this key failed"))
+    if first.status == "unknown":
+        raise IdempotencyConflict(
+            "The first send with this Idempotency-Key was interrupted while WhatsApp had it;"
+            " it is not sent again (its outcome is unknown)"
+        )
+    raise IdempotencyConflict("A send with this Idempotency-Key is still in progress")
