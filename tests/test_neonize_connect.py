@@ -17,9 +17,9 @@ import trio.testing
 
 from gatewayd.errors import NotConnected, WhatsAppError
 from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
-from gatewayd.whatsapp.neonize_client import _Session
 from gatewayd.whatsapp.neonize_env import import_neonize
 from gatewayd.whatsapp.neonize_gate import FfiGate
+from gatewayd.whatsapp.neonize_session import Session
 from gatewayd.whatsapp.port import ClientEvent, Connected, ConnectFailed, Disconnected, LoggedOut
 from tests.test_neonize_stress import fake_device
 
@@ -168,7 +168,7 @@ async def test_a_device_runs_once_per_process(backend: NeonizeBackend, pg_dsn: s
     """A second client cannot run a device another client is running (they would share Go's key)."""
     fake_device(pg_dsn, "whatsmeow", DEVICE)
     send, _recv = trio.open_memory_channel[ClientEvent](10)
-    session = _Session(backend, "a", DEVICE, send)  # what client "a"'s run holds while running
+    session = Session(backend, "a", DEVICE, send)  # what client "a"'s run holds while running
     second = backend.client("b")
     with backend.claim_device(session):
         with pytest.raises(WhatsAppError, match="already running"):
@@ -208,9 +208,9 @@ async def test_gate_exclusive_waits_for_readers_and_blocks_new_ones() -> None:
     assert log == ["r1 in", "r1 out", "writer in", "writer out", "r2 in", "r2 out"]
 
 
-def _session(events: trio.MemorySendChannel[ClientEvent]) -> _Session:
+def _session(events: trio.MemorySendChannel[ClientEvent]) -> Session:
     """A session as ``run`` creates it, before any neonize client exists."""
-    return _Session(None, "agent-1", DEVICE, events)  # type: ignore[arg-type]
+    return Session(None, "agent-1", DEVICE, events)  # type: ignore[arg-type]
 
 
 async def test_callbacks_cross_into_trio_from_a_foreign_thread() -> None:
@@ -245,7 +245,7 @@ def test_callbacks_after_trio_has_finished_are_swallowed() -> None:
     """A callback arriving after trio.run returned neither raises into ctypes nor logs an error."""
     from neonize.events import ConnectedEv
 
-    async def make() -> tuple[_Session, trio.MemoryReceiveChannel[ClientEvent]]:
+    async def make() -> tuple[Session, trio.MemoryReceiveChannel[ClientEvent]]:
         send, recv = trio.open_memory_channel[ClientEvent](10)
         return _session(send), recv
 

@@ -28,7 +28,7 @@ from gatewayd.whatsapp.neonize_session import (
     MESSAGE_CODE,
     SHUTDOWN_SEND_WAIT,
     STOP_WAIT,
-    _Session,
+    Session,
 )
 from gatewayd.whatsapp.port import (
     ClientEvent,
@@ -139,9 +139,9 @@ class Sink:
         self.events.append(value)
 
 
-def open_session(sink: Sink) -> tuple[_Session, Any]:
+def open_session(sink: Sink) -> tuple[Session, Any]:
     """A session with its handlers on a real (never connected) ``NewClient``."""
-    session = _Session(cast(Any, None), "agent-poison", f"{ALICE}:3@s.whatsapp.net", sink)
+    session = Session(cast(Any, None), "agent-poison", f"{ALICE}:3@s.whatsapp.net", sink)
     nc = NewClient("unused.db", uuid="poison-test")
     nc._stop_finalizer.detach()  # it was never registered in Go: nothing to stop
     session.nc = nc

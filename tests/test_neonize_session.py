@@ -34,7 +34,7 @@ from gatewayd.whatsapp.neonize_session import (
     DRAIN_WAIT,
     MESSAGE_CODE,
     SHUTDOWN_SEND_WAIT,
-    _Session,
+    Session,
 )
 from gatewayd.whatsapp.port import ClientEvent, ConnectFailed, Disconnected, MessageReceived
 from tests.test_neonize_poison import ALICE, Sink, event_bytes, execute, info, jid, open_session
@@ -232,7 +232,7 @@ async def test_lid_is_resolved_for_a_message_before_connected(
             await trio.to_thread.run_sync(nc.connect)
     try:
         sink = Sink()
-        session = _Session(backend, "agent-lid", DEVICE, sink)
+        session = Session(backend, "agent-lid", DEVICE, sink)
         session.nc = nc
         session._register_handlers(nc)
         source = MessageSource(

@@ -19,7 +19,7 @@ import trio
 from gatewayd.errors import StoreUnavailable, WhatsAppError
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.whatsapp import neonize_store as store
-from gatewayd.whatsapp.neonize_client import STOP_WAIT, NeonizeClient, _Session
+from gatewayd.whatsapp.neonize_client import STOP_WAIT, NeonizeClient
 from gatewayd.whatsapp.neonize_env import (
     bot_tag_off,
     configure_neonize_logging,
@@ -28,7 +28,7 @@ from gatewayd.whatsapp.neonize_env import (
 )
 from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE
 from gatewayd.whatsapp.neonize_pairing import PairingConfig
-from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT, DRAIN_WAIT
+from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT, DRAIN_WAIT, Session
 from gatewayd.whatsapp.neonize_translate import str_to_jid
 from gatewayd.whatsapp.port import Disconnected
 
@@ -47,7 +47,7 @@ class NeonizeBackend:
         self.device_name = device_name
         self.log_level = log_level
         self._clients: dict[str, NeonizeClient] = {}
-        self._running: dict[str, _Session] = {}
+        self._running: dict[str, Session] = {}
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
@@ -111,7 +111,7 @@ class NeonizeBackend:
         return nc
 
     @contextmanager
-    def claim_device(self, session: _Session) -> Iterator[None]:
+    def claim_device(self, session: Session) -> Iterator[None]:
         """One session per device in this process: two would share neonize's key."""
         device_jid = session.device_jid
         if self._closing:

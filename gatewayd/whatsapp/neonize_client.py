@@ -1,6 +1,6 @@
 """One agent's ``WhatsAppClient`` on neonize: pairing, the connection, and the call surface.
 
-``run`` drives one neonize session (``neonize_session._Session``: the session thread, the
+``run`` drives one neonize session (``neonize_session.Session``: the session thread, the
 callback bridge into Trio, connect-start and ``Stop`` under ``GATE.exclusive()``). Every other
 call to Go goes through ``_call`` (``neonize_calls.call_go``), under ``GATE.shared()`` and with
 a deadline; the rules of NEONIZE.md hold here:
@@ -41,7 +41,7 @@ from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT as CALL_TIMEOUT
 from gatewayd.whatsapp.neonize_session import CONNECT_STUCK as CONNECT_STUCK
 from gatewayd.whatsapp.neonize_session import CONNECT_TIMEOUT as CONNECT_TIMEOUT
 from gatewayd.whatsapp.neonize_session import STOP_WAIT as STOP_WAIT
-from gatewayd.whatsapp.neonize_session import _Session as _Session
+from gatewayd.whatsapp.neonize_session import Session
 from gatewayd.whatsapp.neonize_translate import LID_SERVER, empty_jid, jid_to_str, str_to_jid
 from gatewayd.whatsapp.port import (
     ConnectionEnd,
@@ -71,7 +71,7 @@ class NeonizeClient:
     def __init__(self, backend: NeonizeBackend, agent_id: str) -> None:
         self._backend = backend
         self._agent_id = agent_id
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._pairing = False
 
     def __repr__(self) -> str:
@@ -157,7 +157,7 @@ class NeonizeClient:
         if self._session is not None:
             raise WhatsAppError(f"agent {self._agent_id!r} is already running")
         str_to_jid(device_jid)  # InvalidRecipient for something that cannot be a device
-        session = _Session(self._backend, self._agent_id, device_jid, events)
+        session = Session(self._backend, self._agent_id, device_jid, events)
         self._session = session
         try:
             with self._backend.claim_device(session):

@@ -1,6 +1,6 @@
 """One neonize session: the thread that sits in ``connect()`` and the callback bridge into Trio.
 
-A ``_Session`` is one ``NeonizeClient.run``: a fresh ``NewClient`` (its GC finalizer detached,
+A ``Session`` is one ``NeonizeClient.run``: a fresh ``NewClient`` (its GC finalizer detached,
 every handler registered before ``connect``), the blocking ``connect()`` in a thread of
 ``SESSION_LIMITER``, and the callbacks, which arrive on neonize's own worker thread, carried into
 Trio with ``trio.from_thread.run(..., trio_token=...)``. The gate rules of NEONIZE.md that
@@ -17,58 +17,35 @@ concern the session hold here:
   process for a client Go does not know (LID lookups): whatsmeow dispatches messages before
   ``Connected``. ``live`` (``Connected`` seen, not stopping) admits sends. Both are checked
   under the shared gate and cleared before ``Stop`` waits for the gate;
-* after each ``Connected`` the session announces presence "available" once (whatsmeow: the
-  server otherwise has no push name for the account and contacts see "-"); failing is logged;
 * a graceful stop disconnects first, keeps delivering callbacks until the stream is quiet
   (``QUIET_INTERVAL``, at most ``DRAIN_WAIT``) with the full commit wait, and only then calls
   ``Stop``, which drops whatever neonize still queues: nothing whatsmeow acked and handed over
-  before the drain ends is lost (docs/neonize.md, "Session: gate, stop, presence, deadlines");
-* a callback never raises into ctypes. Once the session is stopping, status events are dropped,
-  but messages are still handed over (whatsmeow acked them already); once ``Stop`` has begun,
-  each with a bounded wait (``SHUTDOWN_SEND_WAIT``) so that ``Stop`` is never held up for long;
-* a message that cannot be parsed or translated is pushed as ``MessageUnreadable`` (raw bytes
-  and reason) instead of being dropped: WhatsApp considers it delivered.
+  before the drain ends is lost (docs/neonize.md, "Session: gate, stop, presence, deadlines").
+
+The callbacks themselves, what they deliver and how (messages even while stopping, unreadable
+ones as ``MessageUnreadable``, presence after ``Connected``), are ``neonize_callbacks``.
 """
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
-from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
-from gatewayd.whatsapp.neonize_calls import GoCall, call_go
+from gatewayd.errors import WhatsAppError
+from gatewayd.whatsapp.neonize_callbacks import CALL_TIMEOUT as CALL_TIMEOUT
+from gatewayd.whatsapp.neonize_callbacks import MESSAGE_CODE as MESSAGE_CODE
+from gatewayd.whatsapp.neonize_callbacks import SHUTDOWN_SEND_WAIT as SHUTDOWN_SEND_WAIT
+from gatewayd.whatsapp.neonize_callbacks import SessionCallbacks, enter_step
 from gatewayd.whatsapp.neonize_gate import GATE, SESSION_LIMITER
-from gatewayd.whatsapp.neonize_translate import (
-    jid_to_str,
-    str_to_jid,
-    translate_event,
-    unreadable_bytes,
-    unreadable_event,
-)
-from gatewayd.whatsapp.port import (
-    ClientEvent,
-    Connected,
-    ConnectFailed,
-    ConnectionEnd,
-    Disconnected,
-    EventSink,
-    LoggedOut,
-    MessageReceived,
-    MessageUnreadable,
-    Paired,
-)
+from gatewayd.whatsapp.port import ConnectFailed, ConnectionEnd, Disconnected, EventSink, LoggedOut
 
 if TYPE_CHECKING:
     from gatewayd.whatsapp.neonize_backend import NeonizeBackend
 
 log = structlog.get_logger()
-
-T = TypeVar("T")
 
 CONNECT_STUCK = 120.0
 """Longest one connect-start holds the exclusive gate waiting for neonize's first callback or
@@ -82,10 +59,6 @@ CONNECT_TIMEOUT = 60.0
 STOP_WAIT = 5.0
 """Longest ``run`` waits for neonize's thread after ``Stop``; after that it is abandoned."""
 
-SHUTDOWN_SEND_WAIT = 3.0
-"""Longest a message delivered once ``Stop`` has begun waits for its commit (< ``STOP_WAIT``:
-neonize's thread finishes only once its callback has returned)."""
-
 QUIET_INTERVAL = 0.5
 """A graceful stop calls ``Stop`` once no callback ran for this long after the disconnect."""
 
@@ -93,14 +66,8 @@ DRAIN_WAIT = 5.0
 """Longest a graceful stop keeps delivering after the disconnect (the daemon's inbound writer
 commits what it was handed for 5 s once its agent stops: docs/durability.md)."""
 
-CALL_TIMEOUT = 30.0
-"""Deadline of the session's own short calls (disconnect, presence, LID lookups)."""
 
-MESSAGE_CODE = 17
-"""neonize's event code of ``MessageEv`` (``neonize.events.EVENT_TO_INT``; checked in tests)."""
-
-
-class _Session:
+class Session(SessionCallbacks):
     """One ``run``: a ``NewClient``, its thread, and the state the callbacks update."""
 
     def __init__(
@@ -110,33 +77,12 @@ class _Session:
         device_jid: str,
         events: EventSink,
     ) -> None:
+        super().__init__(agent_id, events)
         self.backend = backend
-        self.agent_id = agent_id
         self.device_jid = device_jid
-        self.events = events
-        self.token = trio.lowlevel.current_trio_token()
-        self.nc: Any = None
-        self.registered = trio.Event()  # Go has the client in its maps (or connect returned)
-        self.connected = trio.Event()
-        self.ended = trio.Event()
         self.thread_done = trio.Event()
-        self.end: ConnectionEnd | None = None
         self.error: BaseException | None = None  # what connect() raised (NeonizeError)
-        self.end_pushed = False
         self.thread_started = False
-        # Read on neonize's thread too; plain attributes are enough under the GIL.
-        self.stopping = False  # a stop began: status events dropped, sends refused
-        self.closed = False  # Stop began: messages get SHUTDOWN_SEND_WAIT for their commit
-        self.go_ready = False  # Go knows the client: lookups cannot abort the process
-        self.live = False
-        self.online = False
-        self._first_callback = False
-        self._activity = 0  # callbacks begun and ended (counted on neonize's thread)
-        self._in_callback = False
-        self._nursery: trio.Nursery | None = None
-        self._scopes: set[trio.CancelScope] = set()  # status deliveries: cancelled on stop
-        self._lookups: set[trio.CancelScope] = set()  # LID lookups: cancelled before Stop
-        self._grace: set[trio.CancelScope] = set()  # given SHUTDOWN_SEND_WAIT when Stop begins
 
     # -------------------------------------------------------------- the run
 
@@ -277,7 +223,7 @@ class _Session:
         """
         with trio.move_on_after(DRAIN_WAIT) as drain:
             try:
-                await self.go_call(lambda call: _enter(call, "disconnect", self.nc.disconnect))
+                await self.go_call(lambda call: enter_step(call, "disconnect", self.nc.disconnect))
             except WhatsAppError as exc:
                 log.warning(
                     "gatewayd.whatsapp.neonize.disconnect_failed",
@@ -294,17 +240,6 @@ class _Session:
                 "gatewayd.whatsapp.neonize.drain_cut", agentId=self.agent_id, seconds=DRAIN_WAIT
             )
 
-    async def go_call(
-        self, fn: Callable[[GoCall], T], *, seconds: float = CALL_TIMEOUT, what: str = "call"
-    ) -> T:
-        """``call_go`` for a client Go knows (``go_ready``); ``NotConnected`` otherwise."""
-        return await call_go(fn, seconds=seconds, admit=self.admit_go, what=what)
-
-    def admit_go(self) -> None:
-        """Raise ``NotConnected`` unless Go has this client registered (checked under the gate)."""
-        if self.nc is None or not self.go_ready:
-            raise NotConnected(f"agent {self.agent_id!r} is not connected")
-
     def request_end(self, end: ConnectionEnd) -> None:
         """Make ``run`` end with ``end`` (pushed by ``run``), e.g. when the backend closes."""
         if self.end is None:
@@ -319,266 +254,6 @@ class _Session:
             self.live = self.online = False
             await self._push_end()
             self.ended.set()
-
-    async def _push_end(self) -> None:
-        if self.end is not None and not self.end_pushed:
-            self.end_pushed = True
-            await self._send(self.end)
-
-    async def _send(self, event: ClientEvent) -> None:
-        try:
-            await self.events.send(event)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.warning(
-                "gatewayd.whatsapp.neonize.event_dropped", agentId=self.agent_id, kind=event.kind
-            )
-
-    # -------------------------------------------------------------- callbacks
-
-    def _register_handlers(self, nc: Any) -> None:
-        """Every handler before ``connect``: neonize fixes the subscriptions at connect time."""
-        from neonize import events as ev
-
-        consumed = (
-            ev.ConnectedEv, ev.DisconnectedEv, ev.LoggedOutEv, ev.StreamReplacedEv,
-            ev.TemporaryBanEv, ev.ClientOutdatedEv, ev.ConnectFailureEv, ev.MessageEv,
-            ev.ReceiptEv, ev.KeepAliveTimeoutEv, ev.StreamErrorEv,
-        )  # fmt: skip
-        for event_type in consumed:
-            # A plain function, not a bound method: neonize keeps bound methods weakly.
-            nc.event(event_type)(self._handler)
-        nc.event.qr(self._on_qr)
-        # neonize's default prints the raw pointer of every login status to stdout.
-        nc._NewClient__onLoginStatus = self._on_login_status
-        original_execute = nc.event.execute
-
-        def execute(uuid: Any, binary: Any, size: int, code: int) -> None:
-            self._activity += 1
-            self._in_callback = True
-            try:
-                if not self._first_callback:
-                    # The first callback means Go has registered the client and read its
-                    # maps: connect-start is over, the exclusive gate can be released, and
-                    # lookups are safe from now on (until Stop).
-                    self._first_callback = True
-                    self._cross_sync(self._on_first_callback)
-                # Messages even while stopping: whatsmeow has acked them (docs/durability.md).
-                if not (self.stopping or self.closed) or code == MESSAGE_CODE:
-                    original_execute(uuid, binary, size, code)
-            except Exception as exc:
-                if code == MESSAGE_CODE:
-                    # neonize could not parse it (e.g. nested deeper than upb's limit of 100,
-                    # which Go's 10,000 let through): keep the bytes Go sent.
-                    self._unparsable(binary, size, exc)
-                else:
-                    log.exception(
-                        "gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id
-                    )
-            except BaseException:  # never into ctypes
-                log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
-            finally:
-                self._in_callback = False
-                self._activity += 1
-
-        nc.event.execute = execute
-
-    def _on_first_callback(self) -> None:
-        if not self.closed:
-            self.go_ready = True
-        self.registered.set()
-
-    @property
-    def _handler(self) -> Callable[[Any, Any], None]:
-        session = self
-
-        def handler(_nc: Any, event: Any) -> None:
-            session._cross(session._deliver, event)  # _deliver decides what a closing one takes
-
-        return handler
-
-    def _unparsable(self, binary: Any, size: int, exc: Exception) -> None:
-        """Hand over a ``MessageEv`` neonize failed to parse as ``MessageUnreadable``."""
-        try:
-            event = unreadable_bytes(ctypes.string_at(binary, size), exc)
-        except Exception:
-            log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
-            return
-        log.error(
-            "gatewayd.whatsapp.neonize.unparsable",
-            agentId=self.agent_id,
-            messageId=event.message_id,
-            reason=event.reason,
-        )
-        self._cross(self._deliver_message, event)
-
-    def _on_qr(self, _nc: Any, _data: bytes) -> None:
-        # A QR while resuming means whatsmeow considers the device unpaired.
-        log.warning("gatewayd.whatsapp.neonize.unexpected_qr", agentId=self.agent_id)
-
-    def _on_login_status(self, _uuid: Any, _status: Any) -> None:
-        pass
-
-    def _cross(self, afn: Callable[..., Any], *args: Any) -> None:
-        """Run ``afn(*args)`` in Trio from neonize's thread; swallow everything."""
-        try:
-            trio.from_thread.run(afn, *args, trio_token=self.token)
-        except (trio.RunFinishedError, trio.Cancelled):
-            pass  # Trio is gone or the delivery was cancelled: drop
-        except BaseException:
-            log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
-
-    def _cross_sync(self, fn: Callable[[], Any]) -> None:
-        try:
-            trio.from_thread.run_sync(fn, trio_token=self.token)
-        except trio.RunFinishedError:
-            pass
-        except BaseException:
-            log.exception("gatewayd.whatsapp.neonize.callback_failed", agentId=self.agent_id)
-
-    async def _deliver(self, raw: Any) -> None:
-        """Translate one neonize event and push it (backpressure into whatsmeow).
-
-        A message is always pushed — translated, or as ``MessageUnreadable`` when translation
-        fails — even once the session has ended or is stopping: whatsmeow has acked it.
-        """
-        from neonize.events import ConnectFailureEv, MessageEv
-
-        is_message = isinstance(raw, MessageEv)
-        if (self.stopping or self.closed) and not is_message:
-            return
-        event: ClientEvent | None
-        try:
-            event = translate_event(raw)
-        except Exception as exc:
-            if not is_message:
-                log.exception("gatewayd.whatsapp.neonize.translate_failed", agentId=self.agent_id)
-                return
-            event = unreadable_event(raw, exc)
-            log.error(
-                "gatewayd.whatsapp.neonize.unreadable",
-                agentId=self.agent_id,
-                messageId=event.message_id,
-                reason=event.reason,
-            )
-        if isinstance(event, MessageReceived | MessageUnreadable):
-            await self._deliver_message(event)
-            return
-        if event is None or self.end is not None or self.stopping or self.closed:
-            if event is None:
-                log.info(
-                    "gatewayd.whatsapp.neonize.event",
-                    agentId=self.agent_id,
-                    type=type(raw).__name__,
-                )
-            return
-        is_end = isinstance(raw, ConnectFailureEv) or (
-            event.terminal and not isinstance(event, Paired)
-        )
-        with trio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                if isinstance(event, Connected):
-                    self.live = self.online = True
-                elif isinstance(event, Disconnected):
-                    self.online = False
-                if is_end:
-                    self.end = event  # type: ignore[assignment]
-                    self.live = self.online = False
-                    await self._push_end()
-                    self.ended.set()
-                    return
-                await self._send(event)
-                if isinstance(event, Connected):
-                    self.connected.set()
-                    if self._nursery is not None:
-                        self._nursery.start_soon(self._announce_presence)
-            finally:
-                self._scopes.discard(scope)
-
-    async def _deliver_message(self, event: MessageReceived | MessageUnreadable) -> None:
-        """Push one message and wait for its commit; boundedly once the session stops."""
-        if isinstance(event, MessageReceived) and not self.closed:
-            with trio.CancelScope() as scope:  # a stop cancels the lookup, not the message
-                self._lookups.add(scope)
-                try:
-                    event = await self._resolve_lids(event)
-                finally:
-                    self._lookups.discard(scope)
-        with trio.CancelScope() as scope:
-            if self.closed:
-                scope.deadline = trio.current_time() + SHUTDOWN_SEND_WAIT
-            self._grace.add(scope)
-            try:
-                await self._send(event)
-            finally:
-                self._grace.discard(scope)
-        if scope.cancelled_caught:
-            message_id = (
-                event.message.id if isinstance(event, MessageReceived) else event.message_id
-            )
-            log.error(
-                "gatewayd.whatsapp.neonize.commit_unconfirmed",
-                agentId=self.agent_id,
-                messageId=message_id,
-            )
-
-    async def _resolve_lids(self, event: MessageReceived) -> MessageReceived:
-        """Fill in the phone-number JID of a LID-only sender from whatsmeow's local map."""
-        import attrs
-
-        msg = event.message
-        # Allowed from the first callback on (whatsmeow dispatches stored messages before
-        # Connected), never before it or once Stop began: the lookup would abort the process.
-        if msg.sender_lid is None or msg.sender != msg.sender_lid or not self.go_ready:
-            return event
-        try:
-            pn = await self._lookup_pn(msg.sender_lid)
-        except (NotConnected, WhatsAppError, InvalidRecipient):
-            return event
-        if pn is None:
-            return event
-        changes: dict[str, Any] = {"sender": pn}
-        if msg.chat_lid is not None and msg.chat == msg.chat_lid and not msg.is_from_me:
-            changes["chat"] = pn
-        return MessageReceived(attrs.evolve(msg, **changes))
-
-    async def _lookup_pn(self, lid: str) -> str | None:
-        jid = str_to_jid(lid)
-        nc = self.nc
-        result = await self.go_call(
-            lambda call: _enter(call, "lookup", nc.get_pn_from_lid, jid), what="LID lookup"
-        )
-        return jid_to_str(result)
-
-    async def _announce_presence(self) -> None:
-        """Send presence "available" once for this connection; a failure is only logged.
-
-        whatsmeow: until the server has it, other users see "-" as the account's name.
-        """
-        from neonize.utils.enum import Presence
-
-        nc = self.nc
-        if not self.live:
-            return
-        try:
-            await self.go_call(
-                lambda call: _enter(call, "presence", nc.send_presence, Presence.AVAILABLE),
-                what="presence",
-            )
-        except WhatsAppError as exc:
-            log.info(
-                "gatewayd.whatsapp.neonize.presence_failed",
-                agentId=self.agent_id,
-                error=exc.message,
-            )
-        else:
-            log.debug("gatewayd.whatsapp.neonize.presence_sent", agentId=self.agent_id)
-
-
-def _enter(call: GoCall, step: str, fn: Callable[..., T], *args: Any) -> T:
-    """Enter ``step`` of ``call`` (refused once its caller gave up), then call ``fn``."""
-    call.enter(step)
-    return fn(*args)
 
 
 async def _wait_first(*events: trio.Event) -> None:

@@ -1,8 +1,9 @@
 """The client half of the simulated network: one agent's ``WhatsAppClient``.
 
-``SimulatedClient`` implements the port against the in-memory network of ``sim.py``. It starts no
-task of its own: ``pair`` and ``run`` are the only loops, and they run in the caller's task, so a
-thousand idle agents cost a thousand small objects and nothing else.
+``SimulatedClient`` implements the port against the in-memory network of ``sim.py`` (its core,
+``sim_network.SimNetwork``). It starts no task of its own: ``pair`` and ``run`` are the only
+loops, and they run in the caller's task, so a thousand idle agents cost a thousand small objects
+and nothing else.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gatewayd.whatsapp.port import (
 )
 
 if TYPE_CHECKING:
-    from gatewayd.whatsapp.sim import SimulatedWhatsApp
+    from gatewayd.whatsapp.sim_network import SimNetwork
 
 QR_SCHEDULE: tuple[float, ...] = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
 """How long each QR stays valid: whatsmeow shows the first ref for 60 s, the next five for 20 s."""
@@ -120,7 +121,7 @@ class SimulatedClient:
 
     __slots__ = ("_net", "_agent_id", "account", "_pairing", "_conn", "_pending", "_sent")
 
-    def __init__(self, network: SimulatedWhatsApp, agent_id: str) -> None:
+    def __init__(self, network: SimNetwork, agent_id: str) -> None:
         self._net = network
         self._agent_id = agent_id
         self.account: Paired | None = None  # the linked device this agent last paired or ran
@@ -221,7 +222,9 @@ class SimulatedClient:
         """Connect and push events until the connection ends; see ``WhatsAppClient.run``."""
         if self._conn is not None:
             raise WhatsAppError(f"agent {self._agent_id!r} is already running")
-        await self._net._stalled(self._agent_id)  # a stall control of the network (sim.py)
+        await self._net._stalled(
+            self._agent_id
+        )  # a stall control of the network (sim.py, sim_network.py)
         failure = self._net._connect_failure(device_jid)
         if failure is not None:
             self._end(failure)  # a device found logged out is forgotten here too
@@ -313,7 +316,9 @@ class SimulatedClient:
         # The checkpoint stands for the round trip; checking after it makes each send atomic
         # with respect to drops injected by other tasks.
         await trio.lowlevel.checkpoint()
-        await self._net._stalled(self._agent_id)  # a stall control of the network (sim.py)
+        await self._net._stalled(
+            self._agent_id
+        )  # a stall control of the network (sim.py, sim_network.py)
         self._require_connected()
         if _JID_RE.fullmatch(to) is None:
             raise InvalidRecipient(f"not a WhatsApp JID: {to!r}", details={"to": to})
@@ -417,16 +422,16 @@ class SimulatedClient:
         """The phone-number JID the network knows for ``lid``, or None."""
         await trio.lowlevel.checkpoint()
         self._require_connected()
-        return self._net._pn_of.get(_non_ad(lid))
+        return self._net._pn_of.get(non_ad(lid))
 
     async def lid_for_pn(self, pn: str) -> str | None:
         """The LID the network knows for ``pn``, or None."""
         await trio.lowlevel.checkpoint()
         self._require_connected()
-        return self._net._lid_of.get(_non_ad(pn))
+        return self._net._lid_of.get(non_ad(pn))
 
 
-def _non_ad(jid: str) -> str:
+def non_ad(jid: str) -> str:
     """``628…:12@s.whatsapp.net`` → ``628…@s.whatsapp.net`` (whatsmeow's JIDToNonAD)."""
     user, _, server = jid.partition("@")
     return f"{user.partition(':')[0]}@{server}"
