@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,9 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.test_neonize_stress
 
 import trio
+from embedded import on_embedded_postgres
 
 from gatewayd.errors import GatewayError
-from gatewayd.store.embedded import EmbeddedPostgres
 from gatewayd.whatsapp import neonize_gate
 from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
 from gatewayd.whatsapp.port import ClientEvent, ConnectFailed
@@ -160,13 +159,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,100,1000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp))
-        server.start()
-        try:
-            trio.run(bench, server.dsn, sizes)
-        finally:
-            server.stop()
+    on_embedded_postgres(lambda dsn: trio.run(bench, dsn, sizes))
     neonize_gate.final_exit(0)
 
 

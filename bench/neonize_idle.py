@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -27,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tes
 import psutil
 import psycopg
 import trio
+from embedded import on_embedded_postgres
 
-from gatewayd.store.embedded import EmbeddedPostgres
 from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
 from gatewayd.whatsapp.neonize_gate import final_exit
 from gatewayd.whatsapp.port import ClientEvent, ConnectFailed
@@ -123,13 +122,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,50,200")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp))
-        server.start()
-        try:
-            trio.run(bench, server.dsn, sizes)
-        finally:
-            server.stop()
+    on_embedded_postgres(lambda dsn: trio.run(bench, dsn, sizes))
     final_exit(0)
 
 
