@@ -12,7 +12,7 @@ at the gate. Three setups are measured in the same run, on the same devices:
 
 * ``fifo``: the strict FIFO turnstile the gate was before (a copy is kept below), every agent
   connecting at once, as restore did;
-* ``phase-fair``: the gate of gatewayd/whatsapp/neonize_gate.py, every agent at once;
+* ``phase-fair``: the gate of gatewayd/whatsapp/neonize/gate.py, every agent at once;
 * ``phase-fair+8``: the same gate with ``agents.restore_concurrency = 8`` (an agent keeps its
   slot until its first attempt ended, as restore's slots do).
 
@@ -38,7 +38,7 @@ from embedded import on_embedded_postgres
 
 from gatewayd.errors import GatewayError
 from gatewayd.whatsapp import neonize_gate
-from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
+from gatewayd.whatsapp.neonize.backend import NeonizeBackend, open_neonize_backend
 from gatewayd.whatsapp.port import ClientEvent, ConnectFailed
 
 SEND_EVERY = 0.02

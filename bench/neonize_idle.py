@@ -28,8 +28,8 @@ import psycopg
 import trio
 from embedded import on_embedded_postgres
 
-from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
-from gatewayd.whatsapp.neonize_gate import final_exit
+from gatewayd.whatsapp.neonize.backend import NeonizeBackend, open_neonize_backend
+from gatewayd.whatsapp.neonize.gate import final_exit
 from gatewayd.whatsapp.port import ClientEvent, ConnectFailed
 
 PROC = psutil.Process()

@@ -158,8 +158,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         return _run_trio(lambda: run_gateway(config, config_path=path))
     # neonize's Go side reads its environment only at exec time: without
     # NEONIZE_BOT_TAG=off every send would carry the bot badge, so re-exec with it.
-    from gatewayd.whatsapp.neonize_env import ensure_bot_tag_env
-    from gatewayd.whatsapp.neonize_gate import final_exit
+    from gatewayd.whatsapp.neonize.env import ensure_bot_tag_env
+    from gatewayd.whatsapp.neonize.gate import final_exit
 
     ensure_bot_tag_env(sys.argv[1:] if argv is None else list(argv))
     configure_logging(config.log.level, config.log.format)

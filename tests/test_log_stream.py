@@ -78,7 +78,7 @@ def _child(db_path: str, mode: str) -> None:
     import structlog
 
     from gatewayd.log import capture_stdout, configure_logging
-    from gatewayd.whatsapp.neonize_env import configure_neonize_logging, import_neonize
+    from gatewayd.whatsapp.neonize.env import configure_neonize_logging, import_neonize
 
     configure_logging("info", "json")
     capture = capture_stdout()

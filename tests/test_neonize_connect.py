@@ -16,10 +16,10 @@ import trio
 import trio.testing
 
 from gatewayd.errors import NotConnected, WhatsAppError
-from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
-from gatewayd.whatsapp.neonize_env import import_neonize
-from gatewayd.whatsapp.neonize_gate import FfiGate
-from gatewayd.whatsapp.neonize_session import Session
+from gatewayd.whatsapp.neonize.backend import NeonizeBackend, open_neonize_backend
+from gatewayd.whatsapp.neonize.env import import_neonize
+from gatewayd.whatsapp.neonize.gate import FfiGate
+from gatewayd.whatsapp.neonize.session import Session
 from gatewayd.whatsapp.port import ClientEvent, Connected, ConnectFailed, Disconnected, LoggedOut
 from tests.test_neonize_stress import fake_device
 

@@ -20,8 +20,8 @@ from psycopg import sql
 from gatewayd.errors import StoreUnavailable
 from gatewayd.store import agents as agents_store
 from gatewayd.store.db import Database
-from gatewayd.whatsapp.neonize_backend import open_neonize_backend, upgrade_whatsmeow_schema
-from gatewayd.whatsapp.neonize_env import import_neonize
+from gatewayd.whatsapp.neonize.backend import open_neonize_backend, upgrade_whatsmeow_schema
+from gatewayd.whatsapp.neonize.env import import_neonize
 from tests.daemon import Daemon
 from tests.test_daemon import write_config
 from tests.test_neonize_stress import fake_device

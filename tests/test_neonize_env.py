@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gatewayd.whatsapp.neonize_env import (
+from gatewayd.whatsapp.neonize.env import (
     configure_neonize_logging,
     device_props,
     import_neonize,
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _CALLER = (
     "import os, sys; print(os.getpid(), flush=True);"
-    "from gatewayd.whatsapp.neonize_env import ensure_bot_tag_env;"
+    "from gatewayd.whatsapp.neonize.env import ensure_bot_tag_env;"
     "ensure_bot_tag_env(['run', '--config', 'x.toml'], module='tests.test_neonize_env');"
     "print('returned', flush=True)"
 )

@@ -1,4 +1,4 @@
-"""The phase-fair gate of gatewayd/whatsapp/neonize_gate.py, in virtual time.
+"""The phase-fair gate of gatewayd/whatsapp/neonize/gate.py, in virtual time.
 
 Each test runs on trio's autojump clock, so the times asserted are exact: a holder "works" by
 sleeping, and the clock jumps whenever every task waits.
@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from gatewayd.whatsapp.neonize_gate import FfiGate
+from gatewayd.whatsapp.neonize.gate import FfiGate
 
 
 class Recorder:

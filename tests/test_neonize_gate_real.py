@@ -51,8 +51,8 @@ async def held_restore(dsn: str, agents: int) -> dict[str, object]:
     import trio
 
     from gatewayd.errors import GatewayError
-    from gatewayd.whatsapp.neonize_backend import open_neonize_backend
-    from gatewayd.whatsapp.neonize_gate import GATE
+    from gatewayd.whatsapp.neonize.backend import open_neonize_backend
+    from gatewayd.whatsapp.neonize.gate import GATE
     from gatewayd.whatsapp.port import ClientEvent, ConnectFailed
     from tests.test_neonize_stress import fake_device
 
@@ -113,7 +113,7 @@ async def held_restore(dsn: str, agents: int) -> dict[str, object]:
 def main() -> None:
     import trio
 
-    from gatewayd.whatsapp.neonize_gate import final_exit
+    from gatewayd.whatsapp.neonize.gate import final_exit
 
     report = trio.run(held_restore, os.environ["GATE_DSN"], int(sys.argv[1]))
     print(json.dumps(report), flush=True)

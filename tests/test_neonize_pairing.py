@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from gatewayd.errors import InvalidRecipient
-from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
-from gatewayd.whatsapp.neonize_pairing import CHILD_MODULE
+from gatewayd.whatsapp.neonize.backend import NeonizeBackend, open_neonize_backend
+from gatewayd.whatsapp.neonize.pairing import CHILD_MODULE
 from gatewayd.whatsapp.port import ClientEvent, PairingError, PairingFailed
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from gatewayd.whatsapp.neonize_env import device_props, import_neonize
-from gatewayd.whatsapp.pairing_child import (
+from gatewayd.whatsapp.neonize.env import device_props, import_neonize
+from gatewayd.whatsapp.neonize.pairing_child import (
     EXIT_FAILED,
     EXIT_PAIRED,
     PASSKEY_REQUIRED,

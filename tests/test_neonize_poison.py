@@ -23,8 +23,8 @@ import trio.testing
 from gatewayd import textsafe
 from gatewayd.nursery.inbound import sanitize_inbound
 from gatewayd.store.messages import unstructure_inbound
-from gatewayd.whatsapp.neonize_env import import_neonize
-from gatewayd.whatsapp.neonize_session import (
+from gatewayd.whatsapp.neonize.env import import_neonize
+from gatewayd.whatsapp.neonize.session import (
     MESSAGE_CODE,
     SHUTDOWN_SEND_WAIT,
     STOP_WAIT,

@@ -24,12 +24,12 @@ import trio
 import trio.testing
 
 from gatewayd.errors import NotConnected, SendOutcomeUnknown, SendTimeout
-from gatewayd.whatsapp.neonize_backend import NeonizeBackend, open_neonize_backend
-from gatewayd.whatsapp.neonize_calls import GoCall, GoTimeout, call_go
-from gatewayd.whatsapp.neonize_client import NeonizeClient
-from gatewayd.whatsapp.neonize_env import import_neonize
-from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE
-from gatewayd.whatsapp.neonize_session import (
+from gatewayd.whatsapp.neonize.backend import NeonizeBackend, open_neonize_backend
+from gatewayd.whatsapp.neonize.calls import GoCall, GoTimeout, call_go
+from gatewayd.whatsapp.neonize.client import NeonizeClient
+from gatewayd.whatsapp.neonize.env import import_neonize
+from gatewayd.whatsapp.neonize.gate import FFI_LIMITER, GATE
+from gatewayd.whatsapp.neonize.session import (
     CONNECT_STUCK,
     DRAIN_WAIT,
     MESSAGE_CODE,

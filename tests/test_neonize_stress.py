@@ -125,8 +125,8 @@ async def _stress(
     from neonize.client import NewClient
 
     from gatewayd.errors import WhatsAppError
-    from gatewayd.whatsapp.neonize_backend import open_neonize_backend
-    from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE, neonize_threads
+    from gatewayd.whatsapp.neonize.backend import open_neonize_backend
+    from gatewayd.whatsapp.neonize.gate import FFI_LIMITER, GATE, neonize_threads
     from gatewayd.whatsapp.port import ConnectFailed, Disconnected
 
     counts = {"connect_failures": 0, "reads": 0, "probe_reads": 0}
@@ -210,7 +210,7 @@ def main() -> None:
         partial(_stress, gated=gated), os.environ["STRESS_DSN"], clients, readers, float(seconds)
     )
     print(json.dumps(report), flush=True)
-    from gatewayd.whatsapp.neonize_gate import final_exit
+    from gatewayd.whatsapp.neonize.gate import final_exit
 
     final_exit(0 if threading.main_thread().is_alive() else 1)
 

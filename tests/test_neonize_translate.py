@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatewayd.whatsapp.neonize_env import import_neonize
+from gatewayd.whatsapp.neonize.env import import_neonize
 
 import_neonize()  # before any other neonize import: it leaks a pipe at import (silenced there)
 
@@ -38,9 +38,9 @@ from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
 )
 
 from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
-from gatewayd.whatsapp import neonize_send as build
-from gatewayd.whatsapp.neonize_gate import map_exceptions
-from gatewayd.whatsapp.neonize_translate import (
+from gatewayd.whatsapp.neonize import send as build
+from gatewayd.whatsapp.neonize.gate import map_exceptions
+from gatewayd.whatsapp.neonize.translate import (
     jid_to_str,
     str_to_jid,
     translate_event,

@@ -184,7 +184,7 @@ async def open_backend(config: Config, db: Database) -> AsyncIterator[WhatsAppBa
 
         yield SimulatedWhatsApp()
         return
-    from gatewayd.whatsapp.neonize_backend import open_neonize_backend
+    from gatewayd.whatsapp.neonize.backend import open_neonize_backend
 
     async with open_neonize_backend(
         db.dsn, embedded=not config.database.url, device_name="gatewayd"

@@ -25,8 +25,8 @@ import structlog
 import trio
 
 from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
-from gatewayd.whatsapp.neonize_calls import GoCall, call_go
-from gatewayd.whatsapp.neonize_translate import (
+from gatewayd.whatsapp.neonize.calls import GoCall, call_go
+from gatewayd.whatsapp.neonize.translate import (
     jid_to_str,
     str_to_jid,
     translate_event,

@@ -1,10 +1,10 @@
 """The core of the simulated network: its state, contacts and groups, and what clients use.
 
-``SimNetwork`` is the base of ``sim.SimulatedWhatsApp`` (through ``sim_inject.InboundInjection``):
+``SimNetwork`` is the base of ``whatsapp.SimulatedWhatsApp`` (through ``inject.InboundInjection``):
 the credential store, the contacts, LIDs and groups, the ids and timestamps, and the methods the
-clients of ``sim_client.py`` call to connect (``_connect_failure``, ``_attach``, ``_detach``) and
-to hang in a stall (``_stalled``). The controls a test or the demo drives are in ``sim.py`` and
-``sim_inject.py``.
+clients of ``client.py`` call to connect (``connect_failure``, ``attach``, ``detach``) and
+to hang in a stall (``stalled``). The controls a test or the demo drives are in ``whatsapp.py`` and
+``inject.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gatewayd.whatsapp.port import (
     StreamReplaced,
     TemporaryBan,
 )
-from gatewayd.whatsapp.sim_client import SimulatedClient, non_ad
+from gatewayd.whatsapp.sim.client import SimulatedClient, non_ad
 
 QR_PREFIX = "https://wa.me/settings/linked_devices#"
 CLIENT_TYPE = 6  # DeviceProps.platformType neonize sends by default (SAFARI)
@@ -131,7 +131,7 @@ class SimNetwork:
 
     # ------------------------------------------------------------------ used by the clients
 
-    def _connect_failure(self, device_jid: str) -> ConnectionEnd | None:
+    def connect_failure(self, device_jid: str) -> ConnectionEnd | None:
         """Why connecting ``device_jid`` fails right now, or None when it would succeed."""
         refused = self._refusals.get(device_jid, 0)
         if refused > 0:
@@ -146,7 +146,7 @@ class SimNetwork:
             return TemporaryBan(ban.code, ban.until - trio.current_time())
         return None
 
-    def _attach(self, device_jid: str, client: SimulatedClient) -> Paired:
+    def attach(self, device_jid: str, client: SimulatedClient) -> Paired:
         """Make ``client`` the one online on ``device_jid``; whoever was there is replaced."""
         previous = self._online.get(device_jid)
         if previous is not None and previous is not client:
@@ -154,7 +154,7 @@ class SimNetwork:
         self._online[device_jid] = client
         return self._devices[device_jid]
 
-    def _detach(self, device_jid: str, client: SimulatedClient) -> None:
+    def detach(self, device_jid: str, client: SimulatedClient) -> None:
         if self._online.get(device_jid) is client:
             del self._online[device_jid]
 
@@ -184,7 +184,7 @@ class SimNetwork:
         """A QR string in whatsmeow's current format with a fresh server ref."""
         return f"{QR_PREFIX}2@{_b64(self._rng.randbytes(66))},{keys}"
 
-    async def _stalled(self, agent_id: str) -> None:
+    async def stalled(self, agent_id: str) -> None:
         """Hang while the agent is stalled; shielded, as a thread in Go cannot be cancelled."""
         stall = self._stalls.get(agent_id)
         if stall is not None:

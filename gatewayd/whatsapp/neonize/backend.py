@@ -18,18 +18,18 @@ import trio
 
 from gatewayd.errors import StoreUnavailable, WhatsAppError
 from gatewayd.nursery.backoff import Backoff
-from gatewayd.whatsapp import neonize_store as store
-from gatewayd.whatsapp.neonize_client import STOP_WAIT, NeonizeClient
-from gatewayd.whatsapp.neonize_env import (
+from gatewayd.whatsapp.neonize import store as store
+from gatewayd.whatsapp.neonize.client import STOP_WAIT, NeonizeClient
+from gatewayd.whatsapp.neonize.env import (
     bot_tag_off,
     configure_neonize_logging,
     device_props,
     import_neonize,
 )
-from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE
-from gatewayd.whatsapp.neonize_pairing import PairingConfig
-from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT, DRAIN_WAIT, Session
-from gatewayd.whatsapp.neonize_translate import str_to_jid
+from gatewayd.whatsapp.neonize.gate import FFI_LIMITER, GATE
+from gatewayd.whatsapp.neonize.pairing import PairingConfig
+from gatewayd.whatsapp.neonize.session import CALL_TIMEOUT, DRAIN_WAIT, Session
+from gatewayd.whatsapp.neonize.translate import str_to_jid
 from gatewayd.whatsapp.port import Disconnected
 
 log = structlog.get_logger()

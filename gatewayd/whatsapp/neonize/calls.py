@@ -30,7 +30,7 @@ import outcome
 import trio
 
 from gatewayd.errors import WhatsAppError
-from gatewayd.whatsapp.neonize_gate import FFI_LIMITER, GATE, map_exceptions
+from gatewayd.whatsapp.neonize.gate import FFI_LIMITER, GATE, map_exceptions
 
 T = TypeVar("T")
 

@@ -48,14 +48,14 @@ from gatewayd.whatsapp.port import (
     StreamReplaced,
     TemporaryBan,
 )
-from gatewayd.whatsapp.sim_client import (
+from gatewayd.whatsapp.sim.client import (
     QR_SCHEDULE,
     AgentState,
     SentRecord,
     SimulatedClient,
 )
-from gatewayd.whatsapp.sim_inject import InboundInjection
-from gatewayd.whatsapp.sim_network import ActiveBan
+from gatewayd.whatsapp.sim.inject import InboundInjection
+from gatewayd.whatsapp.sim.network import ActiveBan
 
 __all__ = [
     "QR_SCHEDULE",

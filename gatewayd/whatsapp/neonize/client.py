@@ -34,15 +34,15 @@ from gatewayd.errors import (
     SendTimeout,
     WhatsAppError,
 )
-from gatewayd.whatsapp import neonize_send as build
-from gatewayd.whatsapp.neonize_calls import GoCall, GoTimeout, call_go
-from gatewayd.whatsapp.neonize_pairing import pair_in_child
-from gatewayd.whatsapp.neonize_session import CALL_TIMEOUT as CALL_TIMEOUT
-from gatewayd.whatsapp.neonize_session import CONNECT_STUCK as CONNECT_STUCK
-from gatewayd.whatsapp.neonize_session import CONNECT_TIMEOUT as CONNECT_TIMEOUT
-from gatewayd.whatsapp.neonize_session import STOP_WAIT as STOP_WAIT
-from gatewayd.whatsapp.neonize_session import Session
-from gatewayd.whatsapp.neonize_translate import LID_SERVER, empty_jid, jid_to_str, str_to_jid
+from gatewayd.whatsapp.neonize import send as build
+from gatewayd.whatsapp.neonize.calls import GoCall, GoTimeout, call_go
+from gatewayd.whatsapp.neonize.pairing import pair_in_child
+from gatewayd.whatsapp.neonize.session import CALL_TIMEOUT as CALL_TIMEOUT
+from gatewayd.whatsapp.neonize.session import CONNECT_STUCK as CONNECT_STUCK
+from gatewayd.whatsapp.neonize.session import CONNECT_TIMEOUT as CONNECT_TIMEOUT
+from gatewayd.whatsapp.neonize.session import STOP_WAIT as STOP_WAIT
+from gatewayd.whatsapp.neonize.session import Session
+from gatewayd.whatsapp.neonize.translate import LID_SERVER, empty_jid, jid_to_str, str_to_jid
 from gatewayd.whatsapp.port import (
     ConnectionEnd,
     EventSink,
@@ -53,7 +53,7 @@ from gatewayd.whatsapp.port import (
 )
 
 if TYPE_CHECKING:
-    from gatewayd.whatsapp.neonize_backend import NeonizeBackend
+    from gatewayd.whatsapp.neonize.backend import NeonizeBackend
 
 T = TypeVar("T")
 

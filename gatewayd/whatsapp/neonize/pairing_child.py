@@ -1,4 +1,4 @@
-"""``python -m gatewayd.whatsapp.pairing_child``: pair one new device, report, exit.
+"""``python -m gatewayd.whatsapp.neonize.pairing_child``: pair one new device, report, exit.
 
 Started by ``neonize_pairing.pair_in_child``; the protocol is described there. Runs one
 ``new_device`` neonize client against the shared whatsmeow store; whatever happens, it leaves
@@ -190,7 +190,7 @@ class PairingHandlers:
             self.finish({"type": "failed", "reason": reason}, EXIT_FAILED)
 
     def on_pair_status(self, _nc: Any, event: Any) -> None:
-        from gatewayd.whatsapp.neonize_translate import jid_to_str, translate_pair_status
+        from gatewayd.whatsapp.neonize.translate import jid_to_str, translate_pair_status
         from gatewayd.whatsapp.port import Paired
 
         outcome = translate_pair_status(event)
@@ -213,7 +213,7 @@ class PairingHandlers:
 
 
 def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
-    from gatewayd.whatsapp.neonize_env import (
+    from gatewayd.whatsapp.neonize.env import (
         configure_neonize_logging,
         device_props,
         import_neonize,

@@ -2,7 +2,7 @@
 
 A neonize session in the QR phase cannot be stopped: the QR channel is never closed and
 ``FetchMe`` spins after a timeout (NEONIZE.md §1), so an abandoned pairing would leak a
-non-daemon thread in the daemon. The child (``python -m gatewayd.whatsapp.pairing_child``)
+non-daemon thread in the daemon. The child (``python -m gatewayd.whatsapp.neonize.pairing_child``)
 pairs one device into the shared whatsmeow store and exits; cancelling kills it.
 
 Protocol: the parent writes one JSON line of ``PairingConfig`` (with the store URL, which holds a
@@ -46,7 +46,7 @@ from gatewayd.whatsapp.port import (
 
 log = structlog.get_logger()
 
-CHILD_MODULE = "gatewayd.whatsapp.pairing_child"
+CHILD_MODULE = "gatewayd.whatsapp.neonize.pairing_child"
 KILL_WAIT = 5.0
 """Longest the parent waits for a killed child to be reaped."""
 

@@ -19,7 +19,7 @@ from gatewayd.whatsapp.port import (
     Quote,
     Receipt,
 )
-from gatewayd.whatsapp.sim_network import SimNetwork, group_jid, user_jid
+from gatewayd.whatsapp.sim.network import SimNetwork, group_jid, user_jid
 
 _DEFAULT_MIMETYPES: dict[MediaType, str] = {
     "image": "image/jpeg",

@@ -37,7 +37,7 @@ from gatewayd.whatsapp.port import (
 )
 
 if TYPE_CHECKING:
-    from gatewayd.whatsapp.sim_network import SimNetwork
+    from gatewayd.whatsapp.sim.network import SimNetwork
 
 QR_SCHEDULE: tuple[float, ...] = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
 """How long each QR stays valid: whatsmeow shows the first ref for 60 s, the next five for 20 s."""
@@ -222,17 +222,17 @@ class SimulatedClient:
         """Connect and push events until the connection ends; see ``WhatsAppClient.run``."""
         if self._conn is not None:
             raise WhatsAppError(f"agent {self._agent_id!r} is already running")
-        await self._net._stalled(
+        await self._net.stalled(
             self._agent_id
-        )  # a stall control of the network (sim.py, sim_network.py)
-        failure = self._net._connect_failure(device_jid)
+        )  # a stall control of the network (sim/whatsapp.py, sim/network.py)
+        failure = self._net.connect_failure(device_jid)
         if failure is not None:
             self._end(failure)  # a device found logged out is forgotten here too
             await events.send(failure)
             raise ConnectFailed(failure)
         conn = _Connection(device_jid)
         self._conn = conn
-        self.account = self._net._attach(device_jid, self)
+        self.account = self._net.attach(device_jid, self)
         self._go_online(conn)
         # Started only once the connection is registered, so sends right after start() work.
         task_status.started()
@@ -256,7 +256,7 @@ class SimulatedClient:
                     self._go_online(conn)
         finally:
             self._conn = None
-            self._net._detach(device_jid, self)
+            self._net.detach(device_jid, self)
             if self.account is not None:
                 # Not yet handed over means not acknowledged: the server delivers it again,
                 # before anything that arrived after the connection ended.
@@ -316,9 +316,9 @@ class SimulatedClient:
         # The checkpoint stands for the round trip; checking after it makes each send atomic
         # with respect to drops injected by other tasks.
         await trio.lowlevel.checkpoint()
-        await self._net._stalled(
+        await self._net.stalled(
             self._agent_id
-        )  # a stall control of the network (sim.py, sim_network.py)
+        )  # a stall control of the network (sim/whatsapp.py, sim/network.py)
         self._require_connected()
         if _JID_RE.fullmatch(to) is None:
             raise InvalidRecipient(f"not a WhatsApp JID: {to!r}", details={"to": to})

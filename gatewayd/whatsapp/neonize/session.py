@@ -35,15 +35,15 @@ import structlog
 import trio
 
 from gatewayd.errors import WhatsAppError
-from gatewayd.whatsapp.neonize_callbacks import CALL_TIMEOUT as CALL_TIMEOUT
-from gatewayd.whatsapp.neonize_callbacks import MESSAGE_CODE as MESSAGE_CODE
-from gatewayd.whatsapp.neonize_callbacks import SHUTDOWN_SEND_WAIT as SHUTDOWN_SEND_WAIT
-from gatewayd.whatsapp.neonize_callbacks import SessionCallbacks, enter_step
-from gatewayd.whatsapp.neonize_gate import GATE, SESSION_LIMITER
+from gatewayd.whatsapp.neonize.callbacks import CALL_TIMEOUT as CALL_TIMEOUT
+from gatewayd.whatsapp.neonize.callbacks import MESSAGE_CODE as MESSAGE_CODE
+from gatewayd.whatsapp.neonize.callbacks import SHUTDOWN_SEND_WAIT as SHUTDOWN_SEND_WAIT
+from gatewayd.whatsapp.neonize.callbacks import SessionCallbacks, enter_step
+from gatewayd.whatsapp.neonize.gate import GATE, SESSION_LIMITER
 from gatewayd.whatsapp.port import ConnectFailed, ConnectionEnd, Disconnected, EventSink, LoggedOut
 
 if TYPE_CHECKING:
-    from gatewayd.whatsapp.neonize_backend import NeonizeBackend
+    from gatewayd.whatsapp.neonize.backend import NeonizeBackend
 
 log = structlog.get_logger()
 
