@@ -139,7 +139,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    from gatewayd.nursery.supervisor import run_gateway
+    from gatewayd.daemon import run_gateway
 
     loaded = _load_or_report(args.config)
     if loaded is None:
@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from gatewayd.nursery.supervisor import open_store
+    from gatewayd.daemon import open_store
     from gatewayd.store.migrations import migrate_down, migrate_up, migration_status
 
     loaded = _load_or_report(args.config)

@@ -112,6 +112,21 @@ def is_lid(jid: str) -> bool:
     return jid.lower().endswith("@" + LID_SERVER)
 
 
+def phone_jid(phone: str, device: int | None = None) -> str:
+    """The user JID of a phone number (digits with country code); with ``device``, that device's."""
+    return f"{phone}:{device}@{USER_SERVER}" if device is not None else f"{phone}@{USER_SERVER}"
+
+
+def lid_jid(lid: str) -> str:
+    """A hidden-identity JID from its number, or the JID itself."""
+    return lid if is_lid(lid) else f"{lid}@{LID_SERVER}"
+
+
+def group_jid(group: str) -> str:
+    """A group JID from its id, or the JID itself."""
+    return group if is_group(group) else f"{group}@{GROUP_SERVER}"
+
+
 def _phone_digits(text: str, default_country_code: str) -> str:
     """The international digits of a number as typed, or InvalidRecipient saying why not."""
     compact = _SEPARATORS.sub("", text)

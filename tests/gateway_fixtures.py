@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from gatewayd.config import Config
-from gatewayd.nursery.supervisor import Gateway, run_gateway
+from gatewayd.daemon import Gateway, run_gateway
 
 
 def make_config(pg_dsn: str, **sections: dict[str, Any]) -> Config:

@@ -697,7 +697,7 @@ async def test_restart_between_persisting_and_forwarding_forwards_once(
     pg_dsn: str, ai: AIBackend, gateway_config: Config, nursery: trio.Nursery
 ) -> None:
     """A message persisted by one daemon and never handled is forwarded by the next, exactly once."""
-    from gatewayd.nursery.supervisor import run_gateway
+    from gatewayd.daemon import run_gateway
     from gatewayd.store import agents as agents_store
     from gatewayd.store import messages as messages_store
     from gatewayd.whatsapp.port import InboundMessage

@@ -17,6 +17,7 @@ from gatewayd.config import Config
 from gatewayd.http import errors as http_errors
 from gatewayd.http.app import create_app
 from gatewayd.http.routes_docs import STYLE
+from gatewayd.whatsapp.sim import SimulatedWhatsApp
 from tests.daemon import ROOT
 from tests.gateway_fixtures import Running
 from tools import openapi_json
@@ -74,10 +75,9 @@ def test_yaml_subset_parser_reads_what_yaml_would_and_refuses_the_rest() -> None
 
 def test_every_route_is_documented_and_every_documented_path_exists() -> None:
     """The app's routes under the documented prefixes and the document's operations are the same set."""
-    gateway = SimpleNamespace(
-        config=Config.from_mapping({"whatsapp": {"mode": "sim"}}), metrics=None
-    )
-    app = create_app(gateway)  # type: ignore[arg-type]
+    config = Config.from_mapping({"whatsapp": {"mode": "sim"}})
+    services = SimpleNamespace(settings=lambda: config, metrics=None)
+    app = create_app(services, SimpleNamespace(), sim=SimulatedWhatsApp())  # type: ignore[arg-type]
     routes: set[tuple[str, str]] = set()
     for route in app.routes:
         assert isinstance(route, Route)

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gatewayd.daemon import Gateway, run_gateway
 from gatewayd.http.app import create_app, hypercorn_config, serve_http
-from gatewayd.nursery.supervisor import Gateway, run_gateway
 from gatewayd.store.embedded import EmbeddedPostgres
 from tests.daemon import Daemon
 from tests.gateway_fixtures import make_config
@@ -105,7 +105,7 @@ async def test_in_flight_requests_finish_during_the_grace_period(
         await release.wait()  # in flight until the test has seen new connections refused
         return JSONResponse({"data": "finished"})
 
-    app = create_app(running.gateway, extra_routes=[Route("/slow", slow)])
+    app = create_app(running.gateway.services, running.gateway, extra_routes=[Route("/slow", slow)])
     stop = trio.Event()
     binds = await nursery.start(serve_http, app, hypercorn_config("127.0.0.1", 0, 5.0), stop.wait)
     result: dict[str, object] = {}

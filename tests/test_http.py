@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gatewayd.http.app import create_app, hypercorn_config, read_json, serve_http
+from gatewayd.http.app import create_app, hypercorn_config, serve_http
+from gatewayd.http.request import read_json
 from tests.gateway_fixtures import Running
 
 
@@ -43,7 +44,7 @@ EXTRA = [
 @pytest.fixture
 async def client(running: Running, nursery: trio.Nursery) -> AsyncIterator[httpx.AsyncClient]:
     """A second server on the running gateway's state, with a few test-only routes."""
-    app = create_app(running.gateway, extra_routes=EXTRA)
+    app = create_app(running.gateway.services, running.gateway, extra_routes=EXTRA)
     stop = trio.Event()
     binds = await nursery.start(serve_http, app, hypercorn_config("127.0.0.1", 0, 1.0), stop.wait)
     async with httpx.AsyncClient(base_url=binds[0]) as c:

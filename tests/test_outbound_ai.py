@@ -23,6 +23,7 @@ from gatewayd.errors import (
     InvalidPayload,
     InvalidRecipient,
 )
+from gatewayd.http.bodies import parse_run_request
 from gatewayd.outbound.ai import (
     EXCERPT_CHARS,
     MAX_ANSWER_BYTES,
@@ -30,7 +31,6 @@ from gatewayd.outbound.ai import (
     build_run_payload,
     call_ai,
     extract_reply,
-    parse_run_request,
 )
 from tests.loopback import serve_app
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import attrs
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.http.app import create_app
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.store import agents as agents_store
+from gatewayd.whatsapp.sim import SimulatedWhatsApp
 from tests.gateway_fixtures import Running
 
 
@@ -100,20 +100,14 @@ async def test_metrics_report_agents_and_messages(running: Running) -> None:
 
 
 async def test_sim_api_exists_only_in_sim_mode(running: Running) -> None:
-    """The app built for neonize mode has no /_sim/ routes."""
+    """The app built without the in-process simulated network has no /_sim/ routes."""
 
     gateway = running.gateway
-    neonize_view = attrs.evolve(
-        gateway.config, whatsapp=attrs.evolve(gateway.config.whatsapp, mode="neonize")
-    )
-    real_config = gateway.config
-    gateway.config = neonize_view
-    try:
-        app = create_app(gateway)
-    finally:
-        gateway.config = real_config
+    app = create_app(gateway.services, gateway)
     paths = {getattr(route, "path", "") for route in app.routes}
     assert not any(path.startswith("/_sim") for path in paths)
+    assert isinstance(gateway.backend, SimulatedWhatsApp)
     assert "/_sim/agents/{agent_id}/scan" in {
-        getattr(r, "path", "") for r in create_app(gateway).routes
+        getattr(r, "path", "")
+        for r in create_app(gateway.services, gateway, sim=gateway.backend).routes
     }

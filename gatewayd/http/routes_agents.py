@@ -1,45 +1,39 @@
-"""The agents API (seeds 001/004), on root paths: /sessions* and /agents/{agentId}/*.
+"""The agents API (docs/contract/agents-api.md), on root paths: /sessions* and /agents/{agentId}/*.
 
-Handlers parse, call a use case, render. Success bodies carry ``data``; errors are
-rendered by the one table in ``gatewayd.http.errors``.
+Handlers parse (``gatewayd.http.bodies``), call a use case, render. Success bodies carry
+``data``; errors are rendered by the table in ``gatewayd.http.errors``.
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+import base64
+from datetime import datetime
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gatewayd import messaging, sessions
-from gatewayd.errors import InvalidPayload
-from gatewayd.http.app import read_json
+from gatewayd.http import bodies
+from gatewayd.http.request import bearer_token, optional_bearer, read_json, services, trace_id
+from gatewayd.jid import to_contract_jid
+from gatewayd.store.agents import AgentRecord
+from gatewayd.usecases import messaging, sessions
+from gatewayd.usecases.core import Services
+from gatewayd.whatsapp.qr import QrSnapshot, QrState
 
-if TYPE_CHECKING:
-    from gatewayd.nursery.supervisor import Gateway
-
-_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-
-
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-def _trace(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("trace_id", ""))
-
-
-def _agent_id(value: Any, key: str = "agentId") -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not _AGENT_ID.fullmatch(value):
-        raise InvalidPayload(
-            f"'{key}' must be 1-128 characters of letters, digits, '_', '-', '.', ':' or '@'"
-        )
-    return value
+#: The deployed service's ``liveState.sessionState`` names for our statuses.
+SESSION_STATE = {
+    "connected": "CONNECTED",
+    "awaiting_qr": "QR",
+    "disconnected": "DISCONNECTED",
+    "auth_failed": "UNPAIRED",
+    "stopped": "STOPPED",
+    "logged_out": "UNPAIRED",
+    "replaced": "CONFLICT",
+    "banned": "BANNED",
+    "outdated": "OUTDATED",
+}
 
 
 def ok(data: Any, status: int = 200, message: str | None = None) -> JSONResponse:
@@ -49,28 +43,32 @@ def ok(data: Any, status: int = 200, message: str | None = None) -> JSONResponse
     return JSONResponse(body, status_code=status)
 
 
+async def qr_image(
+    snapshot: QrSnapshot | None, state: QrState | None = None
+) -> dict[str, str] | None:
+    """The contract's ``{contentType: "image/png", base64}`` for a QR, or None."""
+    png = await sessions.qr_png(snapshot, state)
+    if png is None:
+        return None
+    return {"contentType": "image/png", "base64": base64.b64encode(png).decode()}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _admin(request: Request) -> Services:
+    found = services(request)
+    sessions.require_admin(found, optional_bearer(request))
+    return found
+
+
 # --------------------------------------------------------------------------- sessions
 
 
 async def create_session(request: Request) -> Response:
-    gateway = _gateway(request)
-    sessions.require_admin(gateway, request.headers.get("authorization"))
-    body = await read_json(request)
-    user_id = body.get("userId")
-    if isinstance(user_id, int) and not isinstance(user_id, bool):
-        user_id = str(user_id)
-    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 128:
-        raise InvalidPayload("'userId' must be a non-empty string or number")
-    agent_id = _agent_id(body.get("agentId"))
-    name = body.get("agentName", agent_id)
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise InvalidPayload("'agentName' must be a non-empty string")
-    apikey = body.get("apikey", body.get("apiKey"))
-    if apikey is not None and (not isinstance(apikey, str) or not apikey.strip()):
-        raise InvalidPayload("'apikey' must be a non-empty string")
-    created = await sessions.create_session(
-        gateway, user_id=user_id, agent_id=agent_id, agent_name=name, apikey=apikey
-    )
+    found = _admin(request)
+    created = await sessions.create_session(found, bodies.create_session(await read_json(request)))
     record = created.record
     data: dict[str, Any] = {
         "agentId": record.agent_id,
@@ -81,7 +79,7 @@ async def create_session(request: Request) -> Response:
     }
     if created.already_connected:
         return ok(data, 200, "Session already connected")
-    data["qr"] = await sessions.qr_image(created.qr)
+    data["qr"] = await qr_image(created.qr)
     return ok(
         data,
         201 if created.created else 200,
@@ -90,36 +88,54 @@ async def create_session(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    gateway = _gateway(request)
-    sessions.require_admin(gateway, request.headers.get("authorization"))
-    return ok(await sessions.session_status(gateway, _agent_id(request.path_params["agent_id"])))
+    found = _admin(request)
+    state = await sessions.session_status(found, bodies.agent_id(request.path_params["agent_id"]))
+    record = state.record
+    return ok(
+        {
+            "agentId": record.agent_id,
+            "userId": record.user_id,
+            "agentName": record.name,
+            "status": state.status,
+            "statusReason": state.status_reason,
+            "persistedStatus": record.status,
+            "phoneNumber": record.phone_number,
+            "endpointUrlRun": record.endpoint_url_run,
+            "lastConnectedAt": _iso(record.last_connected_at),
+            "lastDisconnectedAt": _iso(record.last_disconnected_at),
+            "createdAt": _iso(record.created_at),
+            "updatedAt": _iso(record.updated_at),
+            "liveState": {
+                "isConnected": state.connected,
+                "sessionState": SESSION_STATE.get(state.status, state.status.upper()),
+                "isReady": state.connected,
+                "hasClient": state.has_client,
+                "qr": await qr_image(state.qr, state.qr_state),
+            },
+        }
+    )
 
 
 async def delete_session(request: Request) -> Response:
-    gateway = _gateway(request)
-    sessions.require_admin(gateway, request.headers.get("authorization"))
-    agent_id = _agent_id(request.path_params["agent_id"])
-    unlinked = await sessions.delete_session(gateway, agent_id)
+    found = _admin(request)
+    agent_id = bodies.agent_id(request.path_params["agent_id"])
+    unlinked = await sessions.delete_session(found, agent_id)
     # unlinked false: WhatsApp could not be reached, the phone may still list the device.
     body = {"agentId": agent_id, "deleted": True, "unlinked": unlinked}
     return ok(body, message="Session deleted")
 
 
 async def reconnect_session(request: Request) -> Response:
-    gateway = _gateway(request)
-    sessions.require_admin(gateway, request.headers.get("authorization"))
-    agent_id = _agent_id(request.path_params["agent_id"])
-    snapshot = await sessions.reconnect_session(gateway, agent_id)
-    return ok(
-        {"agentId": agent_id, "status": "awaiting_qr", "qr": await sessions.qr_image(snapshot)}
-    )
+    found = _admin(request)
+    agent_id = bodies.agent_id(request.path_params["agent_id"])
+    snapshot = await sessions.reconnect_session(found, agent_id)
+    return ok({"agentId": agent_id, "status": "awaiting_qr", "qr": await qr_image(snapshot)})
 
 
 async def session_qr(request: Request) -> Response:
-    gateway = _gateway(request)
-    sessions.require_admin(gateway, request.headers.get("authorization"))
-    agent_id = _agent_id(request.path_params["agent_id"])
-    snapshot = await sessions.force_qr(gateway, agent_id)
+    found = _admin(request)
+    agent_id = bodies.agent_id(request.path_params["agent_id"])
+    snapshot = await sessions.force_qr(found, agent_id)
     if snapshot is None:
         return ok(
             {"agentId": agent_id, "status": "connected", "qr": None},
@@ -129,10 +145,8 @@ async def session_qr(request: Request) -> Response:
         {
             "agentId": agent_id,
             "status": "awaiting_qr",
-            "qr": await sessions.qr_image(snapshot),
-            "expiresIn": round(
-                max(0.0, snapshot.expires_at - snapshot.created_at - snapshot.age()), 1
-            ),
+            "qr": await qr_image(snapshot),
+            "expiresIn": round(snapshot.expires_in(), 1),
         }
     )
 
@@ -140,46 +154,58 @@ async def session_qr(request: Request) -> Response:
 # --------------------------------------------------------------------------- agents
 
 
-async def _authorized(request: Request) -> tuple[Gateway, Any]:
-    gateway = _gateway(request)
-    agent_id = _agent_id(request.path_params["agent_id"])
-    record = await sessions.authorize_agent(gateway, agent_id, request.headers.get("authorization"))
-    return gateway, record
+async def _authorized(request: Request) -> tuple[Services, AgentRecord]:
+    found = services(request)
+    agent_id = bodies.agent_id(request.path_params["agent_id"])
+    token = bearer_token(request.headers.get("authorization"))
+    return found, await sessions.authorize_agent(found, agent_id, token)
 
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-def _idempotency_key(request: Request) -> str | None:
-    """The ``Idempotency-Key`` header: 1-255 visible ASCII characters, or absent."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
-        raise InvalidPayload("Idempotency-Key must be 1 to 255 visible ASCII characters")
-    return key
+def sent_body(sent: messaging.SentMessage) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "messageId": sent.message_id,
+        "id": sent.message_id,
+        "to": to_contract_jid(sent.to),
+        "timestamp": sent.timestamp_ms,
+    }
+    if sent.mimetype is not None:
+        body.update(
+            {"mimetype": sent.mimetype, "size": sent.size, "previewPath": sent.preview_path}
+        )
+    if sent.claimed_mimetype is not None:
+        body["claimedMimetype"] = sent.claimed_mimetype
+    return body
 
 
 async def send_message(request: Request) -> Response:
-    gateway, record = await _authorized(request)
-    key = _idempotency_key(request)
-    body = await read_json(request)
-    sent = await messaging.send_text(gateway, record, body, _trace(request), key)
-    return ok(sent, message="Message sent")
+    found, record = await _authorized(request)
+    key = bodies.idempotency_key(request.headers.get("idempotency-key"))
+    message = bodies.text_message(await read_json(request))
+    sent = await messaging.send_text(found, record, message, trace_id(request), key)
+    return ok(sent_body(sent), message="Message sent")
 
 
 async def send_media(request: Request) -> Response:
-    gateway, record = await _authorized(request)
-    key = _idempotency_key(request)
+    found, record = await _authorized(request)
+    key = bodies.idempotency_key(request.headers.get("idempotency-key"))
     body = await read_json(request)
-    sent = await messaging.send_media(gateway, record, body, _trace(request), key)
-    return ok(sent, message="Media sent")
+    message = bodies.media_message(body, max_bytes=found.config.media.max_bytes)
+    sent = await messaging.send_media(found, record, message, trace_id(request), key)
+    return ok(sent_body(sent), message="Media sent")
 
 
 async def run_agent(request: Request) -> Response:
-    gateway, record = await _authorized(request)
-    body = await read_json(request)
-    return ok(await messaging.run_ai(gateway, record, body, _trace(request)))
+    found, record = await _authorized(request)
+    country = found.config.whatsapp.default_country_code
+    run = bodies.parse_run_request(await read_json(request), default_country_code=country)
+    result = await messaging.run_ai(found, record, run, trace_id(request))
+    data = dict(result.body)
+    data["replySent"] = result.reply_sent
+    if result.message_id is not None:
+        data["messageId"] = result.message_id
+    if result.reply_error is not None:
+        data["replyError"] = result.reply_error
+    return ok(data)
 
 
 def agents_routes() -> list[BaseRoute]:

@@ -13,7 +13,7 @@ answer and lets ``inject`` wait until the daemon acknowledged the message.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -22,12 +22,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gatewayd.errors import Conflict, InvalidPayload
-from gatewayd.http.app import read_json
+from gatewayd.http.request import read_json
 from gatewayd.whatsapp.port import InboundMessage, Quote
 from gatewayd.whatsapp.sim import NoQrShowing, SimulatedWhatsApp
-
-if TYPE_CHECKING:
-    from gatewayd.nursery.supervisor import Gateway
 
 DEFAULT_WAIT = 30.0  # seconds inject waits for the acknowledgement
 MAX_WAIT = 600.0
@@ -75,12 +72,8 @@ class AsciiJSONResponse(JSONResponse):
 
 
 def _host(request: Request) -> SimHost:
-    host: SimHost | None = getattr(request.app.state, "sim_host", None)
-    if host is not None:
-        return host
-    gateway: Gateway = request.app.state.gateway
-    assert isinstance(gateway.backend, SimulatedWhatsApp)
-    return InProcess(gateway.backend)
+    host: SimHost = request.app.state.sim_host
+    return host
 
 
 def _sim(request: Request) -> tuple[SimulatedWhatsApp, str]:

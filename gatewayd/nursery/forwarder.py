@@ -15,29 +15,27 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import structlog
-import trio
 
 from gatewayd import textsafe
-from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayError
-from gatewayd.jid import normalize_recipient, to_contract_jid
+from gatewayd.config import Config
+from gatewayd.errors import AITimeout, GatewayError
+from gatewayd.jid import is_lid, lid_jid, normalize_recipient, phone_jid, to_contract_jid
+from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.commands import Outgoing
-from gatewayd.outbound.ai import AIAnswer, build_run_payload, call_ai
+from gatewayd.outbound.ai import build_run_payload
 from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store
-from gatewayd.store.agents import AgentRecord
 from gatewayd.store.db import Database
-from gatewayd.store.executions import record_execution
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import wait_for_database
 from gatewayd.whatsapp.port import InboundMessage
 
 if TYPE_CHECKING:
     from gatewayd.nursery.agent import AgentHandle
-    from gatewayd.nursery.supervisor import Gateway
 
 log = structlog.get_logger()
 
@@ -77,7 +75,7 @@ async def _own_identity(handle: AgentHandle, db: Database) -> tuple[set[str], st
     record = handle.record
     if not record.lid and record.phone_number and handle.connected:
         try:
-            lid = await handle.client.lid_for_pn(f"{record.phone_number}@s.whatsapp.net")
+            lid = await handle.client.lid_for_pn(phone_jid(record.phone_number))
         except GatewayError as exc:
             log.debug("gatewayd.forward.lid_lookup_failed", error=exc.message)
             lid = None
@@ -88,9 +86,9 @@ async def _own_identity(handle: AgentHandle, db: Database) -> tuple[set[str], st
     jids: set[str] = set()
     phone = record.phone_number
     if phone:
-        jids.add(f"{phone}@s.whatsapp.net")
+        jids.add(phone_jid(phone))
     if record.lid:
-        jids.add(record.lid if "@" in record.lid else f"{record.lid}@lid")
+        jids.add(lid_jid(record.lid))
     return jids, phone
 
 
@@ -100,7 +98,7 @@ async def conversation_key(handle: AgentHandle, message: InboundMessage) -> str:
     addressed by LID before the adapter could resolve it (asked again here, in the client's
     local store)."""
     chat = message.chat
-    if message.is_group or not chat.endswith("@lid") or not handle.connected:
+    if message.is_group or not is_lid(chat) or not handle.connected:
         return chat
     try:
         pn = await handle.client.pn_for_lid(chat)
@@ -109,27 +107,33 @@ async def conversation_key(handle: AgentHandle, message: InboundMessage) -> str:
     return pn or chat
 
 
+@attrs.frozen
 class Forwarder:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    """What becomes of each persisted inbound message: its outcome, or the reply to queue."""
+
+    ai: AiCaller
+
+    @property
+    def _config(self) -> Config:
+        return self.ai.settings()
 
     async def __call__(self, handle: AgentHandle, stored: StoredInbound) -> str | Outgoing:
-        gateway, message = self.gateway, stored.message
+        message = stored.message
         trace_id = stored.trace_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(traceId=trace_id):
-            own_jids, own_phone = await _own_identity(handle, gateway.db)
+            own_jids, own_phone = await _own_identity(handle, self.ai.db)
             reason = ignore_reason(message, own_jids=own_jids, own_phone=own_phone)
             if reason is not None:
                 log.debug("gatewayd.forward.ignored", reason=reason, messageId=message.id)
                 return f"ignored:{reason}"
-            if not gateway.config.forwarding.enabled:
+            if not self._config.forwarding.enabled:
                 return "recorded"
             return await self._forward(handle, stored, trace_id)
 
     async def _forward(
         self, handle: AgentHandle, stored: StoredInbound, trace_id: str
     ) -> str | Outgoing:
-        gateway, message = self.gateway, stored.message
+        message = stored.message
         payload = build_run_payload(
             message=message.text or "",
             session_id=await conversation_key(handle, message),
@@ -144,8 +148,7 @@ class Forwarder:
         )
         await self._typing(handle, message.chat, True)
         try:
-            answer = await ai_call(
-                gateway,
+            answer = await self.ai(
                 handle.record,
                 payload,
                 trace_id=trace_id,
@@ -179,7 +182,7 @@ class Forwarder:
     async def _report(
         self, handle: AgentHandle, message: InboundMessage, reason: str, trace_id: str
     ) -> None:
-        number = self.gateway.config.forwarding.developer_number
+        number = self._config.forwarding.developer_number
         if not number:
             return
         text = (
@@ -193,103 +196,14 @@ class Forwarder:
         )
         try:
             to = normalize_recipient(
-                number, default_country_code=self.gateway.config.whatsapp.default_country_code
+                number, default_country_code=self._config.whatsapp.default_country_code
             )
         except GatewayError as exc:
             log.warning("gatewayd.forward.report_failed", error=exc.message)
             return
-        db = self.gateway.db
+        db = self.ai.db
         report = Outgoing(to=to, text=text)
         await wait_for_database(
             db, lambda: outbound_store.queue(db, handle.id, report, trace_id=trace_id)
         )
         handle.outbox_wake.set()
-
-
-def ai_endpoint(gateway: Gateway, record: AgentRecord) -> str | None:
-    """The agent's ``endpoint_url_run``, else ``${AI_BACKEND_URL}/agents/{agentId}/run``."""
-    if record.endpoint_url_run:
-        return str(record.endpoint_url_run)
-    base = gateway.config.ai.backend_url.rstrip("/")
-    return f"{base}/agents/{record.agent_id}/run" if base else None
-
-
-async def ai_call(
-    gateway: Gateway,
-    record: AgentRecord,
-    payload: dict[str, Any],
-    *,
-    trace_id: str,
-    message_row: int | None = None,
-    count_errors: bool = False,
-    idempotency_key: str | None = None,
-    wait_for_store: bool = False,
-) -> AIAnswer:
-    """Call the agent's AI endpoint; record the execution and the latency either way.
-
-    ``wait_for_store``: recording waits out a database outage instead of failing.
-
-    ``count_errors``: count a failure in whatsapp_errors_total here (the forwarder);
-    HTTP callers leave it to the HTTP edge, which counts every error answer once."""
-    url = ai_endpoint(gateway, record)
-    if url is None:
-        raise BadGateway(
-            "No AI endpoint: the agent has no endpoint_url_run and ai.backend_url is not set"
-        )
-    begin = trio.current_time()
-    try:
-        answer = await call_ai(
-            gateway.http,
-            url,
-            api_key=record.api_key,
-            payload=payload,
-            timeout=gateway.config.ai.timeout,
-            trace_id=trace_id,
-            idempotency_key=idempotency_key,
-        )
-    except GatewayError as exc:
-        duration = trio.current_time() - begin
-        gateway.metrics.wa_ai_latency.observe(duration)
-        code = (
-            "AI_TIMEOUT"
-            if isinstance(exc, AITimeout)
-            else ("AI_DOWNSTREAM_ERROR" if isinstance(exc, AIDownstreamError) else "BAD_GATEWAY")
-        )
-        if count_errors:
-            gateway.metrics.wa_errors.labels(code).inc()
-        await _record(
-            gateway,
-            wait_for_store,
-            record.id,
-            request=payload,
-            response=None,
-            duration=duration,
-            status="timeout" if isinstance(exc, AITimeout) else "error",
-            error=exc.message,
-            trace_id=trace_id,
-            message_id=message_row,
-        )
-        raise
-    gateway.metrics.wa_ai_latency.observe(answer.duration)
-    await _record(
-        gateway,
-        wait_for_store,
-        record.id,
-        request=payload,
-        response=answer.body,
-        duration=answer.duration,
-        status="success",
-        trace_id=trace_id,
-        message_id=message_row,
-    )
-    return answer
-
-
-async def _record(gateway: Gateway, wait: bool, agent_uuid: uuid.UUID, **fields: Any) -> None:
-    """Record an AI call. ``wait``: through a database outage (the forwarder: failing here
-    would make it call the AI again for an answer it already has)."""
-    db = gateway.db
-    if wait:
-        await wait_for_database(db, lambda: record_execution(db, agent_uuid, **fields))
-    else:
-        await record_execution(db, agent_uuid, **fields)

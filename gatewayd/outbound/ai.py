@@ -26,8 +26,8 @@ import httpx
 import structlog
 import trio
 
-from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, InvalidPayload
-from gatewayd.jid import normalize_recipient, to_contract_jid
+from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway
+from gatewayd.jid import to_contract_jid
 from gatewayd.outbound import read_capped
 
 log = structlog.get_logger(__name__)
@@ -222,75 +222,3 @@ def build_run_payload(
     if parameters is not None:
         body["parameters"] = dict(parameters)
     return body
-
-
-def parse_run_request(body: object, *, default_country_code: str = "62") -> RunRequest:
-    """Validate a /run body: 001's ``{message, sessionId, …}`` or 004's
-    ``{input, parameters, session_id}``. Where both spellings are present, 001's wins.
-    Unknown keys are ignored. Raises InvalidPayload (InvalidRecipient for the session)."""
-    if not isinstance(body, dict):
-        raise InvalidPayload("body must be a JSON object")
-    key = "message" if "message" in body else "input" if "input" in body else None
-    if key is None:
-        raise InvalidPayload("message is required (or input, in the 004 form)")
-    message = body[key]
-    if not isinstance(message, str):
-        raise InvalidPayload(f"{key} must be a string, not {_json_type(message)}")
-    if not message.strip():
-        raise InvalidPayload(f"{key} must not be empty")
-
-    session_key = "sessionId" if "sessionId" in body else "session_id"
-    session = body.get(session_key)
-    session_jid: str | None = None
-    if session is not None:
-        if isinstance(session, int) and not isinstance(session, bool):
-            session = str(session)  # a bare number sent as a JSON number
-        if not isinstance(session, str):
-            raise InvalidPayload(f"{session_key} must be a string, not {_json_type(session)}")
-        session_jid = normalize_recipient(session, default_country_code=default_country_code)
-
-    context_memory = body.get("context_memory")
-    if context_memory is not None and (
-        isinstance(context_memory, bool) or not isinstance(context_memory, str | int)
-    ):
-        raise InvalidPayload(
-            f"context_memory must be a string or a number, not {_json_type(context_memory)}"
-        )
-    return RunRequest(
-        message=message,
-        session_jid=session_jid,
-        openai_api_key=_optional(body, "openai_api_key", str),
-        memory_enable=_optional(body, "memory_enable", bool),
-        context_memory=context_memory,
-        rag_enable=_optional(body, "rag_enable", bool),
-        metadata=_optional(body, "metadata", dict),
-        parameters=_optional(body, "parameters", dict),
-    )
-
-
-def _optional(body: Mapping[str, Any], key: str, kind: type[T]) -> T | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind):
-        raise InvalidPayload(f"{key} must be {_TYPE_NAMES[kind]}, not {_json_type(value)}")
-    return value
-
-
-_TYPE_NAMES: dict[type, str] = {str: "a string", bool: "true or false", dict: "an object"}
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

@@ -13,6 +13,7 @@ import attrs
 import cattrs
 from psycopg.types.json import Jsonb
 
+from gatewayd.jid import is_group
 from gatewayd.store.db import Connection, Database
 from gatewayd.whatsapp.port import InboundMessage
 
@@ -247,7 +248,7 @@ async def insert_outbound(
                 wa_message_id,
                 trace_id,
                 sent_at,
-                chat.endswith("@g.us"),
+                is_group(chat),
             ),
         ).fetchone()
         assert row is not None

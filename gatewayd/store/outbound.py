@@ -19,6 +19,7 @@ import attrs
 import cattrs
 from psycopg.types.json import Jsonb
 
+from gatewayd.jid import is_group
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.store.db import Connection, Database
 
@@ -101,7 +102,7 @@ def _insert(
         (
             agent_uuid, message.kind, message.to, message.text,
             message.quote.message_id if message.quote else None,
-            Jsonb(media) if media else None, status, trace_id, message.to.endswith("@g.us"),
+            Jsonb(media) if media else None, status, trace_id, is_group(message.to),
             _payload(message), reply_to, key,
         ),
     ).fetchone()  # fmt: skip

@@ -46,6 +46,10 @@ class QrSnapshot:
         """Seconds since it was published (needs a running Trio)."""
         return trio.current_time() - self.created_at
 
+    def expires_in(self) -> float:
+        """Seconds until WhatsApp stops accepting it (needs a running Trio)."""
+        return max(0.0, self.expires_at - trio.current_time())
+
 
 class QrState:
     """The latest QR of one agent, with its PNG rendered on demand and a way to await the next."""

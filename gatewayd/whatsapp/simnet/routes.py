@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gatewayd.errors import InvalidPayload, InvalidRecipient, NotConnected, WhatsAppError
-from gatewayd.http.app import read_json
+from gatewayd.http.request import read_json
 from gatewayd.http.routes_sim import AsciiJSONResponse, body_str
 from gatewayd.whatsapp.port import Quote
 from gatewayd.whatsapp.simnet.sessions import Session, SessionHub

@@ -1,9 +1,12 @@
-"""The supervisor: the one nursery that owns everything the daemon runs.
+"""The composition root: builds the daemon and owns the one nursery everything runs in.
 
 ``run_gateway`` opens the database (starting the embedded PostgreSQL when no URL is
-configured), applies migrations, then starts — each with ``nursery.start`` so a
-failure surfaces where it was asked for — the signal task, the watchdog, the agents
-nursery and the HTTP server. systemd hears READY only after all of them started.
+configured), applies migrations, opens the WhatsApp backend, wires the parts together (the
+agents supervisor, the forwarder, the use cases' ``Services``, the HTTP application), then
+starts — each with ``nursery.start`` so a failure surfaces where it was asked for — the signal
+task, the watchdog, the agents nursery, the background tasks and the HTTP server. systemd
+hears READY only after all of them started. Nothing else builds these parts: ``nursery/``
+never sees HTTP, and HTTP handlers see only ``Services`` and ``Ops``.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from gatewayd.http.app import create_app, hypercorn_config, serve_http
 from gatewayd.metrics import Metrics
 from gatewayd.notify import Notifier
 from gatewayd.nursery.agents import AgentSupervisor
+from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.bus import EventBus
 from gatewayd.nursery.cleanup import run_cleanup
 from gatewayd.nursery.forwarder import Forwarder
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.embedded import open_embedded_postgres
 from gatewayd.store.migrations import migrate_up
+from gatewayd.usecases.core import KeySync, Services
 from gatewayd.whatsapp.port import WhatsAppBackend
+from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
 log = structlog.get_logger()
 
@@ -53,7 +59,8 @@ def new_http_client() -> httpx.AsyncClient:
 
 @attrs.define(eq=False)
 class Gateway:
-    """What the running daemon shares with its tasks and HTTP handlers."""
+    """The running daemon: its parts, its live config and its reload; what ``run_gateway``
+    hands to its caller (tests, the CLI). Handlers and use cases never see it."""
 
     config: Config
     db: Database
@@ -62,6 +69,7 @@ class Gateway:
     backend: WhatsAppBackend
     bus: EventBus
     agents: AgentSupervisor
+    services: Services
     config_path: Path | None = None
     environ: Mapping[str, str] = attrs.field(factory=dict)
     started_at: float = attrs.field(factory=time.monotonic)
@@ -71,9 +79,7 @@ class Gateway:
     http_binds: list[str] = attrs.field(factory=list)
     #: The one outbound HTTP client (AI backend, media URLs): no proxies from the
     #: environment, no cookies carried from one tenant's request to another's.
-    http: httpx.AsyncClient = attrs.field(factory=lambda: new_http_client())
     _hypercorn: Any = None
-    _nursery: trio.Nursery | None = None
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_at
@@ -85,10 +91,9 @@ class Gateway:
         """Bring gauges that are computed on demand up to date (before /metrics)."""
         self.agents.refresh_gauges()
 
-    def spawn(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` in the background, in the supervisor's nursery."""
-        assert self._nursery is not None, "the gateway is not running"
-        self._nursery.start_soon(fn, *args)
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.services.http
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -212,36 +217,56 @@ async def run_gateway(
                 if applied:
                     log.info("gatewayd.db.migrated", applied=[str(m) for m in applied])
             await notifier.status("starting: whatsapp")
-            async with open_backend(config, db) as backend:
-                bus = EventBus(config.agents.bus_buffer)
-                holder: list[Gateway] = []
-                agents = AgentSupervisor(
-                    db=db,
-                    backend=backend,
-                    metrics=metrics,
-                    bus=bus,
-                    config=lambda: holder[0].config,
-                )
-                gateway = Gateway(
-                    config=config,
-                    db=db,
-                    metrics=metrics,
-                    notifier=notifier,
-                    backend=backend,
-                    bus=bus,
-                    agents=agents,
-                    config_path=config_path,
-                    environ=environ,
-                )
-                holder.append(gateway)
-                agents.forward = Forwarder(gateway)
-                async with gateway.http:
-                    await _run_tasks(
-                        gateway, handle_signals=handle_signals, task_status=task_status
-                    )
+            async with open_backend(config, db) as backend, new_http_client() as http:
+                gateway = _assemble(config, db, backend, http, metrics, notifier)
+                gateway.config_path = config_path
+                gateway.environ = environ
+                await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
     finally:
         notifier.close()
     log.info("gatewayd.stopped")
+
+
+def _assemble(
+    config: Config,
+    db: Database,
+    backend: WhatsAppBackend,
+    http: httpx.AsyncClient,
+    metrics: Metrics,
+    notifier: Notifier,
+) -> Gateway:
+    """Wire the parts: the supervisor, the forwarder, the use cases' services."""
+    holder: list[Gateway] = []
+
+    def settings() -> Config:
+        return holder[0].config
+
+    ai = AiCaller(db=db, http=http, metrics=metrics, settings=settings)
+    bus = EventBus(config.agents.bus_buffer)
+    agents = AgentSupervisor(
+        db=db, backend=backend, metrics=metrics, bus=bus, config=settings, forward=Forwarder(ai)
+    )
+    services = Services(
+        db=db,
+        agents=agents,
+        settings=settings,
+        http=http,
+        metrics=metrics,
+        ai=ai,
+        keysync=KeySync(db, settings),
+    )
+    gateway = Gateway(
+        config=config,
+        db=db,
+        metrics=metrics,
+        notifier=notifier,
+        backend=backend,
+        bus=bus,
+        agents=agents,
+        services=services,
+    )
+    holder.append(gateway)
+    return gateway
 
 
 async def _run_tasks(
@@ -249,7 +274,6 @@ async def _run_tasks(
 ) -> None:
     config = gateway.config
     async with trio.open_nursery() as nursery:
-        gateway._nursery = nursery
         if handle_signals:
             await nursery.start(_serve_signals, gateway)
         await nursery.start(gateway.notifier.run_watchdog)
@@ -258,7 +282,9 @@ async def _run_tasks(
         await nursery.start(
             lambda task_status: run_cleanup(lambda: gateway.config, task_status=task_status)
         )
-        app = create_app(gateway)
+        await nursery.start(gateway.services.keysync.run)
+        sim = gateway.backend if isinstance(gateway.backend, SimulatedWhatsApp) else None
+        app = create_app(gateway.services, gateway, sim=sim)
         hc = hypercorn_config(config.server.host, config.server.port, config.server.shutdown_grace)
         gateway._hypercorn = hc
         http_done = trio.Event()

@@ -1,0 +1,119 @@
+"""One call to an agent's AI endpoint, recorded: the forwarder and ``/agents/{id}/run`` share it.
+
+The call's latency is observed and the execution written to ``ai_executions`` whatever the
+outcome, so analytics and debugging see failures as well as answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from gatewayd.config import Config
+from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayError
+from gatewayd.metrics import Metrics
+from gatewayd.outbound.ai import AIAnswer, call_ai
+from gatewayd.store.agents import AgentRecord
+from gatewayd.store.db import Database
+from gatewayd.store.executions import record_execution
+from gatewayd.store.retry import wait_for_database
+
+
+@attrs.frozen
+class AiCaller:
+    """Calls an agent's AI endpoint with the agent's key; records every execution."""
+
+    db: Database
+    http: httpx.AsyncClient
+    metrics: Metrics
+    settings: Callable[[], Config]
+
+    def endpoint(self, record: AgentRecord) -> str | None:
+        """The agent's ``endpoint_url_run``, else ``${AI_BACKEND_URL}/agents/{agentId}/run``."""
+        if record.endpoint_url_run:
+            return str(record.endpoint_url_run)
+        base = self.settings().ai.backend_url.rstrip("/")
+        return f"{base}/agents/{record.agent_id}/run" if base else None
+
+    async def __call__(
+        self,
+        record: AgentRecord,
+        payload: dict[str, Any],
+        *,
+        trace_id: str,
+        message_row: int | None = None,
+        count_errors: bool = False,
+        idempotency_key: str | None = None,
+        wait_for_store: bool = False,
+    ) -> AIAnswer:
+        """Call the agent's AI endpoint; record the execution and the latency either way.
+
+        ``wait_for_store``: recording waits out a database outage instead of failing.
+
+        ``count_errors``: count a failure in whatsapp_errors_total here (the forwarder);
+        HTTP callers leave it to the HTTP edge, which counts every error answer once."""
+        url = self.endpoint(record)
+        if url is None:
+            raise BadGateway(
+                "No AI endpoint: the agent has no endpoint_url_run and ai.backend_url is not set"
+            )
+        begin = trio.current_time()
+        try:
+            answer = await call_ai(
+                self.http,
+                url,
+                api_key=record.api_key,
+                payload=payload,
+                timeout=self.settings().ai.timeout,
+                trace_id=trace_id,
+                idempotency_key=idempotency_key,
+            )
+        except GatewayError as exc:
+            duration = trio.current_time() - begin
+            self.metrics.wa_ai_latency.observe(duration)
+            if count_errors:
+                self.metrics.wa_errors.labels(_error_code(exc)).inc()
+            await self._record(
+                wait_for_store,
+                record.id,
+                request=payload,
+                response=None,
+                duration=duration,
+                status="timeout" if isinstance(exc, AITimeout) else "error",
+                error=exc.message,
+                trace_id=trace_id,
+                message_id=message_row,
+            )
+            raise
+        self.metrics.wa_ai_latency.observe(answer.duration)
+        await self._record(
+            wait_for_store,
+            record.id,
+            request=payload,
+            response=answer.body,
+            duration=answer.duration,
+            status="success",
+            trace_id=trace_id,
+            message_id=message_row,
+        )
+        return answer
+
+    async def _record(self, wait: bool, agent_uuid: uuid.UUID, **fields: Any) -> None:
+        """Record an AI call. ``wait``: through a database outage (the forwarder: failing here
+        would make it call the AI again for an answer it already has)."""
+        db = self.db
+        if wait:
+            await wait_for_database(db, lambda: record_execution(db, agent_uuid, **fields))
+        else:
+            await record_execution(db, agent_uuid, **fields)
+
+
+def _error_code(exc: GatewayError) -> str:
+    if isinstance(exc, AITimeout):
+        return "AI_TIMEOUT"
+    return "AI_DOWNSTREAM_ERROR" if isinstance(exc, AIDownstreamError) else "BAD_GATEWAY"
