@@ -263,7 +263,7 @@ async def test_connection_refused_is_bad_gateway(client: httpx.AsyncClient) -> N
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(BadGateway, match="cannot connect to 127.0.0.1"):
+    with pytest.raises(BadGateway, match="cannot connect to the media server at 127.0.0.1"):
         await fetch_media(
             client, f"http://127.0.0.1:{port}/x.png", max_bytes=MB, allow_private=True
         )
@@ -467,3 +467,17 @@ def test_decode_base64_size_is_judged_before_decoding() -> None:
 def test_sniff_image(data: bytes, kind: str | None) -> None:
     """Images are recognised by their magic bytes; anything else is None whatever it claims."""
     assert sniff_image(data) == kind
+
+
+async def test_failure_message_leaves_out_credentials_and_query(client: httpx.AsyncClient) -> None:
+    """A failed fetch's message (what a client reads) names the host, never the URL's secrets."""
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://alice:pa55word@127.0.0.1:{port}/x.png?token=t0ps3cret"
+    with pytest.raises(BadGateway) as caught:
+        await fetch_media(client, url, max_bytes=MB, allow_private=True)
+    message = str(caught.value.message)
+    assert "127.0.0.1" in message
+    for secret in ("alice", "pa55word", "t0ps3cret"):
+        assert secret not in message

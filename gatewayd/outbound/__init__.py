@@ -7,8 +7,39 @@ exceptions are translated in these modules into the project's tree (``gatewayd.e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
+import structlog
 import trio
+
+from gatewayd.errors import BadGateway, UpstreamError
+
+log = structlog.get_logger(__name__)
+
+
+@contextmanager
+def map_exceptions(
+    what: str, host: str, timeout: float, *, on_timeout: type[UpstreamError] = BadGateway
+) -> Iterator[None]:
+    """Translate httpx's exceptions from a call to ``what`` at ``host`` into the project's.
+
+    The messages name the host and the exception's type, never ``str(exc)``: httpx's texts
+    can quote the URL, credentials and query included, and these messages reach clients.
+    """
+    try:
+        yield
+    except httpx.TimeoutException:
+        log.warning("gatewayd.outbound.failed", what=what, host=host, reason="timeout")
+        raise on_timeout(f"{what} at {host} did not answer within {timeout:g} s") from None
+    except httpx.ConnectError:
+        log.warning("gatewayd.outbound.failed", what=what, host=host, reason="ConnectError")
+        raise BadGateway(f"cannot connect to {what} at {host}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = type(exc).__name__
+        log.warning("gatewayd.outbound.failed", what=what, host=host, reason=reason)
+        raise BadGateway(f"the call to {what} at {host} failed: {reason}") from None
 
 
 async def read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:

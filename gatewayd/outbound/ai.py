@@ -17,8 +17,7 @@ The API key is sent, never logged or put into an error.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -28,7 +27,7 @@ import trio
 
 from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway
 from gatewayd.jid import to_contract_jid
-from gatewayd.outbound import read_capped
+from gatewayd.outbound import map_exceptions, read_capped
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +77,10 @@ async def call_ai(
     host = _host_of(url)
     start = trio.current_time()
     try:
-        with trio.fail_after(timeout), _map_exceptions(host, timeout):
+        with (
+            trio.fail_after(timeout),
+            map_exceptions("the AI backend", host, timeout, on_timeout=AITimeout),
+        ):
             request = client.build_request(
                 "POST", url, json=dict(payload), headers=headers, timeout=timeout
             )
@@ -130,24 +132,6 @@ def _json_object(raw: bytes) -> dict[str, Any]:
             f"the AI backend's answer is JSON but not an object ({type(body).__name__})"
         )
     return body
-
-
-@contextmanager
-def _map_exceptions(host: str, timeout: float) -> Iterator[None]:
-    try:
-        yield
-    except httpx.TimeoutException:
-        log.warning("gatewayd.ai.failed", host=host, reason="timeout", timeout=timeout)
-        raise AITimeout(f"the AI backend at {host} did not answer within {timeout:g} s") from None
-    except httpx.ConnectError:
-        log.warning("gatewayd.ai.failed", host=host, reason="ConnectError")
-        raise BadGateway(f"cannot connect to the AI backend at {host}") from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        # The type, not str(exc): httpx messages may quote the URL, credentials included.
-        log.warning("gatewayd.ai.failed", host=host, reason=type(exc).__name__)
-        raise BadGateway(
-            f"the call to the AI backend at {host} failed: {type(exc).__name__}"
-        ) from None
 
 
 def _host_of(url: str) -> str:

@@ -13,8 +13,7 @@ import base64
 import binascii
 import email.message
 import re
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 import attrs
@@ -22,7 +21,7 @@ import httpx
 import trio
 
 from gatewayd.errors import BadGateway, GatewayError, InvalidPayload, MediaTooLarge
-from gatewayd.outbound import read_capped
+from gatewayd.outbound import map_exceptions, read_capped
 from gatewayd.outbound.guard import CheckedURL, Network, check_url, open_checked
 
 MAX_REDIRECTS = 5
@@ -88,7 +87,7 @@ async def _download(
     timeout: float,  # noqa: ASYNC109 - httpx's per-operation timeout; fetch_media has the deadline
 ) -> FetchedMedia:
     for _ in range(MAX_REDIRECTS + 1):
-        with _map_exceptions(checked.host, timeout):
+        with map_exceptions("the media server", checked.host, timeout):
             # Images are compressed already; identity keeps a deflate bomb off the wire.
             # The per-operation timeout is the whole one, so the client's default (maybe
             # shorter) does not decide; the deadline in fetch_media bounds the total.
@@ -133,20 +132,6 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
             f"media is over the limit of {max_bytes} bytes", details={"limit": max_bytes}
         )
     return data
-
-
-@contextmanager
-def _map_exceptions(host: str, timeout: float) -> Iterator[None]:
-    try:
-        yield
-    except httpx.TimeoutException:
-        raise BadGateway(f"media from {host} did not arrive within {timeout:g} s") from None
-    except httpx.ConnectError as exc:
-        raise BadGateway(f"cannot connect to {host}: {exc}") from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise BadGateway(
-            f"fetching media from {host} failed: {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def _media_type(headers: httpx.Headers) -> str | None:
