@@ -2,10 +2,11 @@
 tasks read from neonize.
 
 Without the gate, reads of neonize's Go maps racing a connect-start or a stop abort the process
-with ``fatal error: concurrent map read and map write`` (NEONIZE.md §6: 3 of 3 runs). The load
-runs in a child process (``python -m tests.test_neonize_stress``) so that an abort fails the
-test instead of killing pytest. Offline, every connect fails at the DNS lookup after Go has
-registered and unregistered the client: exactly the map writes that race.
+with ``fatal error: concurrent map read and map write`` (3 of 3 runs: docs/neonize.md,
+"Process-global Go maps and the gate"). The load runs in a child process
+(``python -m tests.test_neonize_stress``) so that an abort fails the test instead of killing
+pytest. Offline, every connect fails at the DNS lookup after Go has registered and
+unregistered the client: exactly the map writes that race.
 
 Besides the agents' own calls, probe tasks read the maps in bursts (``IsConnected`` of a
 client Go never registered) under ``GATE.shared()``. A control runs the same load with those
@@ -94,8 +95,9 @@ def test_concurrent_connects_stops_and_reads_do_not_abort(pg_dsn: str) -> None:
 def test_the_same_load_with_ungated_reads_aborts(pg_dsn: str) -> None:
     """The same load with the probe reads made outside the gate dies of Go's map race."""
     # The control that shows the load above exercises the race (measured: 14 of 14 runs
-    # aborted, after 1.0-1.8 s; NEONIZE.md §6 saw the same with reader threads). Only the
-    # probes skip the gate; connect-start and stop still hold it exclusively.
+    # aborted, after 1.0-1.8 s; docs/neonize.md, "Process-global Go maps and the gate", records
+    # the same with reader threads). Only the probes skip the gate; connect-start and stop still
+    # hold it exclusively.
     done = run_child(pg_dsn, "ungated", timeout=60)
     assert "fatal error: concurrent map read and map write" in done.stderr, (
         done.returncode,
@@ -109,7 +111,10 @@ def test_the_same_load_with_ungated_reads_aborts(pg_dsn: str) -> None:
 
 
 PROBE_READERS = 4
-"""Tasks reading the Go maps in bursts, as the 4 reader threads of NEONIZE.md §6 did."""
+"""Tasks reading the Go maps in bursts, as the 4 reader threads of the measured race did.
+
+(docs/neonize.md, "Process-global Go maps and the gate")
+"""
 
 PROBE_BURST = 1000
 """``IsConnected`` calls one probe makes per trip to a worker thread (per hold of the gate)."""

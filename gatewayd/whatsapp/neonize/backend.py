@@ -3,7 +3,8 @@
 ``open_neonize_backend`` prepares whatsmeow's store before any client exists: the schema (and,
 with the embedded PostgreSQL, a dedicated role with ``idle_session_timeout``), then one
 sequential whatsmeow schema upgrade, because parallel first connects race and fail
-(NEONIZE.md §2). On exit every client's session is stopped with a bounded wait.
+(docs/neonize.md, "The device store"). On exit every client's session is stopped with a
+bounded wait.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ class NeonizeBackend:
 
     @staticmethod
     def retry_backoff() -> Backoff:
-        """The backoff between connect attempts: every attempt leaks a DB connection (§2)."""
+        """The backoff between connect attempts.
+
+        Every attempt leaks a DB connection (docs/neonize.md, "The device store").
+        """
         return Backoff(initial=5.0, maximum=300.0)
 
     def pairing_config(self) -> PairingConfig:

@@ -1,8 +1,9 @@
 """The callback half of a neonize session: what neonize's worker thread calls, carried into Trio.
 
 ``SessionCallbacks`` is the base of ``neonize_session.Session``: the state both halves share,
-the handlers registered before ``connect``, and the delivery of what they receive. The rules of
-NEONIZE.md that concern the callbacks hold here:
+the handlers registered before ``connect``, and the delivery of what they receive. The rules
+that concern the callbacks hold here (docs/neonize.md, "Threads, callbacks and the QR phase",
+"Acks and redelivery", "Calls that abort the process"):
 
 * a callback never raises into ctypes. Once the session is stopping, status events are dropped,
   but messages are still handed over (whatsmeow acked them already); once ``Stop`` has begun,

@@ -2,9 +2,10 @@
 
 * ``NEONIZE_BOT_TAG=off``: by default every one-to-one send carries neonize's ``<bot/>`` node
   (the "AI" badge, neonize issue #196). Go reads only the environment present when the process
-  was executed; setting ``os.environ`` later is invisible to it (measured, NEONIZE.md §6). So
-  ``ensure_bot_tag_env`` re-executes the process with the variable set when it is missing. The
-  systemd unit sets it too, which makes the re-exec a no-op in production.
+  was executed; setting ``os.environ`` later is invisible to it (measured: docs/neonize.md,
+  "The environment Go reads"). So ``ensure_bot_tag_env`` re-executes the process with the
+  variable set when it is missing. The systemd unit sets it too, which makes the re-exec a
+  no-op in production.
 * Logging: neonize calls ``logging.basicConfig`` at import and forwards whatsmeow's Go logs to
   the ``whatsmeow.*`` loggers. ``import_neonize`` undoes the basicConfig, and
   ``configure_neonize_logging`` sets the Go-side level (read from the ``neonize.utils.log``

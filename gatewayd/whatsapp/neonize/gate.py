@@ -1,8 +1,9 @@
 """The one process-wide gate every neonize call goes through, and the thread limiters.
 
-neonize's Go shim keeps three process-global Go maps without a lock (NEONIZE.md §1): a
-connect-start or a stop writes them, every other export reads them, and a read racing a write
-aborts the whole process (SIGABRT, not catchable). So:
+neonize's Go shim keeps three process-global Go maps without a lock (docs/neonize.md,
+"Process-global Go maps and the gate"): a connect-start or a stop writes them, every other
+export reads them, and a read racing a write aborts the whole process (SIGABRT, not
+catchable). So:
 
 * ``GATE.exclusive()`` wraps connect-start (until Go has registered the client) and ``Stop``;
 * ``GATE.shared()`` wraps every other call (sends, lookups, logout, …);
@@ -241,8 +242,9 @@ def neonize_threads() -> list[threading.Thread]:
 def final_exit(code: int) -> NoReturn:
     """Flush output and leave the process now, without joining neonize's non-daemon threads.
 
-    A session stuck in the QR phase or in ``FetchMe`` never returns (NEONIZE.md §1), and the
-    interpreter would wait for it forever at exit. Call this after ``trio.run`` has returned.
+    A session stuck in the QR phase or in ``FetchMe`` never returns (docs/neonize.md, "Threads,
+    callbacks and the QR phase"), and the interpreter would wait for it forever at exit. Call
+    this after ``trio.run`` has returned.
     """
     import logging
 

@@ -3,8 +3,9 @@
 A ``Session`` is one ``NeonizeClient.run``: a fresh ``NewClient`` (its GC finalizer detached,
 every handler registered before ``connect``), the blocking ``connect()`` in a thread of
 ``SESSION_LIMITER``, and the callbacks, which arrive on neonize's own worker thread, carried into
-Trio with ``trio.from_thread.run(..., trio_token=...)``. The gate rules of NEONIZE.md that
-concern the session hold here:
+Trio with ``trio.from_thread.run(..., trio_token=...)``. The gate rules that concern the
+session hold here (docs/neonize.md, "Process-global Go maps and the gate", "Calls that abort
+the process"):
 
 * connect-start runs under ``GATE.exclusive()`` until the first callback or the end of the
   connect thread, whichever comes first: before either, Go may still write or read its maps
@@ -158,8 +159,9 @@ class Session(SessionCallbacks):
         self.ended.set()
 
     async def _session_thread(self) -> None:
-        # abandon_on_cancel: a session stuck where Stop cannot reach it (NEONIZE.md §1) must
-        # not hold up shutdown; its thread finishes (or not) on its own.
+        # abandon_on_cancel: a session stuck where Stop cannot reach it (docs/neonize.md,
+        # "Threads, callbacks and the QR phase") must not hold up shutdown; its thread
+        # finishes (or not) on its own.
         await trio.to_thread.run_sync(
             self._connect_blocking, abandon_on_cancel=True, limiter=SESSION_LIMITER
         )

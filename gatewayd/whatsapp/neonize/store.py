@@ -2,7 +2,8 @@
 
 whatsmeow keeps its 17 ``whatsmeow_*`` tables in the database neonize is given as a URL. We
 give it gatewayd's own PostgreSQL with ``search_path=<schema>`` in the URL (lib/pq passes it to
-the server as a runtime parameter), so the tables live in their own schema (NEONIZE.md §2).
+the server as a runtime parameter), so the tables live in their own schema (docs/neonize.md,
+"The device store").
 
 Every neonize connect attempt opens a ``database/sql`` pool that is never closed: one leaked
 server connection per attempt. ``idle_session_timeout`` on the role neonize uses reaps them

@@ -2,9 +2,9 @@
 
 Pure functions, no FFI: they only read the protobuf objects neonize hands to callbacks
 (``neonize.proto.Neonize_pb2``), so they are tested on events built from those classes.
-What the fields mean is in NEONIZE.md §3: message timestamps are milliseconds, receipt
-timestamps seconds; an empty JID has ``IsEmpty`` set; ``IsGroup`` is true for
-``status@broadcast``; with LID addressing the phone-number JID is in ``SenderAlt`` (or in
+What the fields mean is in docs/neonize.md ("Events and timestamps"): message timestamps are
+milliseconds, receipt timestamps seconds; an empty JID has ``IsEmpty`` set; ``IsGroup`` is true
+for ``status@broadcast``; with LID addressing the phone-number JID is in ``SenderAlt`` (or in
 ``RecipientAlt`` for our own messages) when the server sent it, and may be missing.
 What WhatsApp sends for edits, broadcast lists and receipts, and how it is read here, is in
 docs/neonize.md ("What a contact and a user see").
