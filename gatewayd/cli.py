@@ -1,4 +1,4 @@
-"""``gatewayd run | check-config | migrate | simnet``."""
+"""``gatewayd run | check-config | migrate | simnet | qr``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     simnet.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    qr = sub.add_parser("qr", help="print an agent's pairing QR in the terminal (asks the daemon)")
+    qr.add_argument("agent_id", metavar="AGENT_ID")
+    qr.add_argument("--config", type=Path, help="TOML config (server address and admin token)")
+    qr.add_argument("--url", help="the daemon's base URL (default: from server.host/port)")
+    qr.add_argument("--payload", action="store_true", help="print the QR's text instead")
     return parser
 
 
@@ -206,6 +211,15 @@ def cmd_simnet(args: argparse.Namespace) -> int:
     return _run_trio(lambda: run_simnet(host, port, args.state))
 
 
+def cmd_qr(args: argparse.Namespace) -> int:
+    from gatewayd.cli_qr import print_qr
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 2
+    return print_qr(loaded[0], args.agent_id, url=args.url, payload_only=args.payload)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
@@ -216,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_migrate(args)
     if args.command == "simnet":
         return cmd_simnet(args)
+    if args.command == "qr":
+        return cmd_qr(args)
     raise AssertionError(args.command)
 
 

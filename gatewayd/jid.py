@@ -1,6 +1,6 @@
 """Phone numbers and JIDs: what clients send → what WhatsApp expects.
 
-Clients of the deployed service write recipients many ways (seed 001 §5): ``08…`` (a
+Clients of the deployed service write recipients many ways (docs/contract/agents-api.md §5): ``08…`` (a
 national number), ``+62…`` or ``62…`` (international, with spaces, dashes or
 parentheses), ``…@c.us`` (whatsapp-web.js's spelling, the contract's), and the
 WhatsApp forms ``…@s.whatsapp.net``, ``…@g.us`` (groups) and ``…@lid`` (hidden
@@ -23,6 +23,7 @@ USER_SERVER = "s.whatsapp.net"
 CONTRACT_USER_SERVER = "c.us"
 GROUP_SERVER = "g.us"
 LID_SERVER = "lid"
+NEWSLETTER_SERVER = "newsletter"
 
 #: E.164 allows at most 15 digits; real mobile numbers with a country code have at least 8.
 MIN_DIGITS = 8
@@ -102,6 +103,15 @@ def phone_of(jid: str) -> str | None:
     return user if user.isdigit() else None
 
 
+def lid_of(jid: str) -> str | None:
+    """The digits of a hidden-identity JID (``…@lid``, device part dropped); None for others."""
+    local, at, server = jid.rpartition("@")
+    if not at or server.lower() != LID_SERVER:
+        return None
+    user = _strip_device(local)
+    return user if user.isdigit() else None
+
+
 def is_group(jid: str) -> bool:
     """True for a group JID (``…@g.us``)."""
     return jid.lower().endswith("@" + GROUP_SERVER)
@@ -125,6 +135,22 @@ def lid_jid(lid: str) -> str:
 def group_jid(group: str) -> str:
     """A group JID from its id, or the JID itself."""
     return group if is_group(group) else f"{group}@{GROUP_SERVER}"
+
+
+def non_ad(jid: str) -> str:
+    """A device JID's user: ``628…:12@s.whatsapp.net`` → ``628…@s.whatsapp.net``."""
+    user, _, server = jid.partition("@")
+    return f"{user.partition(':')[0]}@{server}"
+
+
+def newsletter_jid(channel: str) -> str:
+    """A channel (newsletter) JID from its id, or the JID itself."""
+    return channel if "@" in channel else f"{channel}@{NEWSLETTER_SERVER}"
+
+
+def is_user(jid: str) -> bool:
+    """True for a phone-number user JID (``…@s.whatsapp.net``)."""
+    return jid.lower().endswith("@" + USER_SERVER)
 
 
 def _phone_digits(text: str, default_country_code: str) -> str:

@@ -98,8 +98,8 @@ async def test_phone_pairing_validates_the_number_and_fails_offline_before_start
     client = backend.client("agent-1")
     send, recv = trio.open_memory_channel[ClientEvent](10)
     with pytest.raises(InvalidRecipient):
-        await client.pair_phone("0812 3456 789", send)
+        await client.pair_by_phone("0812 3456 789", send)
     async with trio.open_nursery() as nursery:
         with pytest.raises(PairingError):
-            await nursery.start(client.pair_phone, "+62 812-3456-789", send)
+            await nursery.start(client.pair_by_phone, "+62 812-3456-789", send)
     assert isinstance(recv.receive_nowait(), PairingFailed)

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 import trio
 
+from gatewayd.daemon import Gateway, run_gateway
 from gatewayd.nursery.commands import Outgoing
-from gatewayd.nursery.supervisor import Gateway, run_gateway
 from gatewayd.store import agents as agents_store
 from tests.daemon import ROOT, Daemon
 from tests.gateway_fixtures import make_config

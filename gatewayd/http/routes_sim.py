@@ -2,7 +2,8 @@
 
 Mounted by the daemon with ``whatsapp.mode = "sim"`` and the network in process
 (``gatewayd run --whatsapp sim``), and by ``gatewayd simnet`` for a network of its own, so
-the real daemon can be driven end to end without a phone: scan an agent's QR, inject
+the real daemon can be driven end to end without a phone: scan an agent's QR (or type its
+phone pairing code on the phone, ``POST /_sim/pair-code``), inject
 inbound messages, drop or log out a device, list what was sent.
 
 The routes reach the network through a ``SimHost``: the daemon's is the in-process network;
@@ -24,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from gatewayd.errors import Conflict, InvalidPayload
 from gatewayd.http.request import read_json
 from gatewayd.whatsapp.port import InboundMessage, Quote
-from gatewayd.whatsapp.sim import NoQrShowing, SimulatedWhatsApp
+from gatewayd.whatsapp.sim import NoQrShowing, PairCodeRefused, SimulatedWhatsApp
 
 DEFAULT_WAIT = 30.0  # seconds inject waits for the acknowledgement
 MAX_WAIT = 600.0
@@ -116,6 +117,26 @@ async def scan(request: Request) -> Response:
             push_name=body_str(body, "pushName", required=False),
         )
     except NoQrShowing as exc:
+        raise Conflict(exc.message) from None
+    except ValueError as exc:
+        raise InvalidPayload(str(exc)) from None
+    await host.changed()
+    return AsciiJSONResponse({"data": attrs.asdict(paired)})
+
+
+async def pair_code(request: Request) -> Response:
+    """The phone ``phone`` types ``code``: 200 with the linked device, 409 when the phone
+    refuses the code (wrong, expired, asked for another number)."""
+    host = _host(request)
+    body = await read_json(request)
+    try:
+        paired = host.network.enter_pair_code(
+            body_str(body, "code") or "",
+            body_str(body, "phone") or "",
+            lid=body_str(body, "lid", required=False),
+            push_name=body_str(body, "pushName", required=False),
+        )
+    except PairCodeRefused as exc:
         raise Conflict(exc.message) from None
     except ValueError as exc:
         raise InvalidPayload(str(exc)) from None
@@ -261,6 +282,7 @@ async def contact(request: Request) -> Response:
 def sim_routes() -> list[BaseRoute]:
     return [
         Route("/_sim/contacts", contact, methods=["POST"]),
+        Route("/_sim/pair-code", pair_code, methods=["POST"]),
         Route("/_sim/agents/{agent_id}/qr", qr, methods=["GET"]),
         Route("/_sim/agents/{agent_id}/scan", scan, methods=["POST"]),
         Route("/_sim/agents/{agent_id}/inject", inject, methods=["POST"]),

@@ -48,6 +48,7 @@ from gatewayd.errors import (
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.nursery.bus import BusEvent
 from gatewayd.nursery.commands import Outgoing, SendCommand, Sent, result_of
+from gatewayd.nursery.paircode import PAIR_CODE_WAIT, request_code
 from gatewayd.nursery.ratelimit import TokenBucket
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
@@ -65,6 +66,7 @@ from gatewayd.whatsapp.port import (
     LoggedOut,
     MessageReceived,
     MessageUnreadable,
+    PairCode,
     Paired,
     PairingError,
     PairingFailed,
@@ -151,6 +153,23 @@ class AgentHandle:
                 taken.append(self._commands_receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 return taken
+
+    async def pair_code(
+        self,
+        phone: str,
+        *,
+        default_country_code: str = "62",
+        timeout: float = PAIR_CODE_WAIT,  # noqa: ASYNC109 - a bound on the whole request
+    ) -> PairCode:
+        """A code to type on ``phone`` to link it instead of scanning the QR.
+
+        Waits up to ``timeout`` s for the pairing's first QR and for WhatsApp's answer.
+        ``InvalidRecipient`` for a bad number; ``NotConnected`` when the agent is not pairing
+        (connected, stopped, failed); ``WhatsAppError`` when WhatsApp refuses or is too slow.
+        """
+        return await request_code(
+            self, phone, default_country_code=default_country_code, timeout=timeout
+        )
 
     def set_connected(self, connected: bool) -> None:
         self.connected = connected

@@ -2,7 +2,8 @@
 
 Everything above this module speaks these types; only the adapters (neonize, the simulated
 network) know where the events come from. The shapes follow what neonize 0.5.2 / whatsmeow
-really deliver (see design/NEONIZE.md §3–5), so the neonize adapter can translate one to one:
+really deliver (docs/neonize.md, "Events and timestamps", "QR codes and the pairing window"),
+so the neonize adapter can translate one to one:
 
 * JIDs are plain strings in WhatsApp's spelling: ``628123@s.whatsapp.net``, ``1203630…@g.us``,
   ``123456789@lid``, ``status@broadcast``, ``…@newsletter``. A device JID carries its device
@@ -110,6 +111,22 @@ class InboundMessage:
         if self.addressing_mode == "lid" and self.sender_lid is not None:
             sender = self.sender_lid
         return Quote(message_id=self.id, sender=sender, chat=self.chat, text=self.text)
+
+
+@attrs.frozen
+class PairCode:
+    """A phone pairing code: ``code`` as WhatsApp shows it (``"ABCD-EFGH"``), to be typed on the
+    phone within ``expires_in`` seconds (at most; the pairing ending first also ends it)."""
+
+    code: str
+    expires_in: float
+
+
+PAIR_CODE_LIFETIME = 120.0
+"""How long a phone pairing code is honoured, in seconds. whatsmeow does not know the exact
+expiry; the QR-phase connection it is bound to closes when the QR codes run out (~160 s after
+the first one), so a code never outlives its pairing either (docs/neonize.md, "Pairing by
+phone number")."""
 
 
 @attrs.frozen
@@ -329,7 +346,7 @@ class WhatsAppClient(Protocol):
     Every event, including the one that ends a phase, is pushed into the ``events`` channel the
     caller passes; the channel is the single source of truth for an agent's status. The client
     never closes that channel. Calls other than ``pair`` / ``run`` need a connected client and
-    raise ``NotConnected`` otherwise.
+    raise ``NotConnected`` otherwise; ``pair_phone`` needs a pairing in progress instead.
     """
 
     @property
@@ -349,6 +366,19 @@ class WhatsAppClient(Protocol):
         pushes ``Paired`` and returns it; the caller then calls ``run(paired.device_jid, …)``.
         On failure pushes ``PairingFailed`` and raises ``PairingError``. Cancelling abandons the
         pairing.
+        """
+        ...
+
+    async def pair_phone(self, phone: str) -> str:
+        """Ask WhatsApp for a code that links the phone ``phone`` without a camera.
+
+        Valid only while ``pair`` is showing QR codes (after ``started()``, before the outcome);
+        raises ``NotConnected`` otherwise. ``phone`` is the account's number in international
+        digits (``"628123456789"``); anything else raises ``InvalidRecipient``. Returns the
+        8-character code as WhatsApp formats it (``"ABCD-EFGH"``); once it is typed on that phone
+        (WhatsApp → Linked devices → Link with phone number) ``pair`` ends exactly as after a
+        scan. A newer code replaces an older one; a code lives ``PAIR_CODE_LIFETIME`` at most.
+        Raises ``WhatsAppError`` when WhatsApp refuses or does not answer.
         """
         ...
 

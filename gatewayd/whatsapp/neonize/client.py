@@ -3,7 +3,8 @@
 ``run`` drives one neonize session (``neonize_session.Session``: the session thread, the
 callback bridge into Trio, connect-start and ``Stop`` under ``GATE.exclusive()``). Every other
 call to Go goes through ``_call`` (``neonize_calls.call_go``), under ``GATE.shared()`` and with
-a deadline; the rules of NEONIZE.md hold here:
+a deadline; the rules in docs/neonize.md ("Process-global Go maps and the gate", "Calls that
+abort the process") hold here:
 
 * a read racing a connect-start or a stop aborts the process, hence the shared gate, held
   until the call's thread has left Go even when its caller gave up at the deadline;
@@ -16,7 +17,7 @@ a deadline; the rules of NEONIZE.md hold here:
   (docs/durability.md). Other calls raise ``WhatsAppError`` (``GoTimeout``).
 
 ``pair`` runs in a child process (``neonize_pairing``), because a pairing cannot be cancelled
-inside the process (NEONIZE.md §1).
+inside the process (docs/neonize.md, "Threads, callbacks and the QR phase").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gatewayd.errors import (
 )
 from gatewayd.whatsapp.neonize import send as build
 from gatewayd.whatsapp.neonize.calls import GoCall, GoTimeout, call_go
-from gatewayd.whatsapp.neonize.pairing import pair_in_child
+from gatewayd.whatsapp.neonize.pairing import CodeRequests, pair_in_child
 from gatewayd.whatsapp.neonize.session import CALL_TIMEOUT as CALL_TIMEOUT
 from gatewayd.whatsapp.neonize.session import CONNECT_STUCK as CONNECT_STUCK
 from gatewayd.whatsapp.neonize.session import CONNECT_TIMEOUT as CONNECT_TIMEOUT
@@ -64,6 +65,9 @@ server's answer, so its error normally comes first."""
 UPLOAD_TIMEOUT = 120.0
 """Deadline of one media upload (neonize and whatsmeow set none)."""
 
+PAIR_CODE_TIMEOUT = 30.0
+"""Longest a phone-code request waits for the pairing child's answer (one IQ to WhatsApp)."""
+
 
 class NeonizeClient:
     """One agent's client; get it from ``NeonizeBackend.client(agent_id)``."""
@@ -73,6 +77,7 @@ class NeonizeClient:
         self._agent_id = agent_id
         self._session: Session | None = None
         self._pairing = False
+        self._codes = CodeRequests()
 
     def __repr__(self) -> str:
         return f"NeonizeClient(agent_id={self._agent_id!r})"
@@ -99,11 +104,25 @@ class NeonizeClient:
         """Link a new device in a child process; see ``WhatsAppClient.pair``."""
         async with self._pairing_slot():
             paired: Paired = await pair_in_child(
-                self._backend.pairing_config(), events, task_status=task_status
+                self._backend.pairing_config(), events, codes=self._codes, task_status=task_status
             )
             return paired
 
-    async def pair_phone(
+    async def pair_phone(self, phone: str) -> str:
+        """A code linking ``phone`` to the pairing showing QR codes now (its child asks
+        whatsmeow's ``PairPhone``); see ``WhatsAppClient.pair_phone``.
+
+        ``NotConnected`` when no pairing shows QR codes, ``InvalidRecipient`` for a number that
+        is not international digits, ``WhatsAppError`` when WhatsApp refuses or the child does
+        not answer within ``PAIR_CODE_TIMEOUT``; none of them ends the pairing.
+        """
+        digits = _pairing_digits(phone)
+        if not self._codes.open:
+            await trio.lowlevel.checkpoint()
+            raise NotConnected(f"agent {self._agent_id!r} is not waiting for a QR scan")
+        return await self._codes.request(digits, timeout=PAIR_CODE_TIMEOUT)
+
+    async def pair_by_phone(
         self,
         phone: str,
         events: EventSink,
@@ -116,9 +135,7 @@ class NeonizeClient:
         ``phone`` is the account's number in international digits. QR codes are shown too until
         the code is entered (``QrCode`` events, as in ``pair``); the outcome is the same.
         """
-        digits = "".join(ch for ch in phone if ch.isdigit())
-        if not 6 <= len(digits) <= 15 or digits.startswith("0"):
-            raise InvalidRecipient(f"not an international phone number: {phone!r}")
+        digits = _pairing_digits(phone)
         async with self._pairing_slot():
             paired: Paired = await pair_in_child(
                 self._backend.pairing_config(), events, phone=digits, task_status=task_status
@@ -371,3 +388,11 @@ class NeonizeClient:
         session = self._session
         if session is not None:
             await session.finish(LoggedOut("logout", on_connect=False))
+
+
+def _pairing_digits(phone: str) -> str:
+    """``phone`` as whatsmeow's ``PairPhone`` takes it: international digits, or refused."""
+    digits = "".join(ch for ch in phone if "0" <= ch <= "9")
+    if not 6 <= len(digits) <= 15 or digits.startswith("0"):
+        raise InvalidRecipient(f"not an international phone number: {phone!r}")
+    return digits

@@ -2,7 +2,8 @@
 
 Started by ``neonize_pairing.pair_in_child``; the protocol is described there. Runs one
 ``new_device`` neonize client against the shared whatsmeow store; whatever happens, it leaves
-with ``os._exit`` because a neonize session in the QR phase never returns (NEONIZE.md §1).
+with ``os._exit`` because a neonize session in the QR phase never returns (docs/neonize.md,
+"Threads, callbacks and the QR phase").
 There is one client in this process and no concurrent connect or stop, so the gate of the main
 process is not needed here.
 
@@ -23,6 +24,9 @@ from typing import IO, Any
 
 PAIR_DEADLINE = 200.0
 """Longest the child lives: whatsmeow's QR schedule is ~160 s (60 s + 5 × 20 s)."""
+
+CODE_QR_WAIT = 30.0
+"""Longest a phone-code request waits for the first QR (the websocket ``PairPhone`` needs)."""
 
 FINISH_WAIT = 10.0
 """Longest the main thread waits for the callback that ended the pairing to exit the process."""
@@ -105,10 +109,27 @@ class _Reporter:
                 self._exit(code)
 
 
-def _watch_parent(reporter: _Reporter) -> None:
-    """Exit when the parent closes our stdin (it cancelled the pairing or died)."""
-    while sys.stdin.buffer.read(4096):
-        pass
+class _Inbox:
+    """Where the parent's command lines go once the handlers exist."""
+
+    def __init__(self) -> None:
+        self.handlers: PairingHandlers | None = None
+
+    def dispatch(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        handlers = self.handlers
+        if isinstance(message, dict) and handlers is not None:
+            handlers.on_command(message)
+
+
+def _watch_parent(reporter: _Reporter, inbox: _Inbox) -> None:
+    """Take the parent's commands; exit when it closes our stdin (it cancelled or died)."""
+    while line := sys.stdin.buffer.readline():
+        if line.strip():
+            inbox.dispatch(line)
     reporter.finish({"type": "failed", "reason": "cancelled"}, EXIT_FAILED)
 
 
@@ -123,12 +144,13 @@ def main() -> None:
     except (ValueError, KeyError):
         reporter.finish({"type": "failed", "reason": "bad pairing configuration"}, EXIT_ERROR)
         return
+    inbox = _Inbox()
     threading.Thread(
-        target=_watch_parent, args=(reporter,), daemon=True, name="parent-watch"
+        target=_watch_parent, args=(reporter, inbox), daemon=True, name="parent-watch"
     ).start()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     try:
-        _pair(reporter, url, config)
+        _pair(reporter, url, config, inbox)
     except BaseException as exc:  # anything unexpected still ends in one outcome line
         reporter.finish({"type": "failed", "reason": f"error: {exc}"}, EXIT_ERROR)
 
@@ -150,6 +172,7 @@ class PairingHandlers:
         self.reporter = reporter
         self.phone = phone
         self.done = threading.Event()
+        self.qr_shown = threading.Event()
 
     def attach(self) -> None:
         """Register the callbacks; before ``connect`` (neonize subscribes at connect)."""
@@ -170,6 +193,7 @@ class PairingHandlers:
         self.reporter.emit(
             {"type": "qr", "payload": data.decode(), "index": index, "expires_in": lifetime}
         )
+        self.qr_shown.set()
         if index == 0 and self.phone:
             # PairPhone needs the websocket up, i.e. after the first QR, from another thread.
             threading.Thread(target=self.pair_phone, daemon=True, name="pair-phone").start()
@@ -180,6 +204,27 @@ class PairingHandlers:
             code = self.nc.PairPhone(self.phone, True, client_name, client_type)
         except Exception as exc:
             self.finish({"type": "failed", "reason": f"phone pairing: {exc}"}, EXIT_FAILED)
+        else:
+            self.reporter.emit({"type": "pair_code", "code": code})
+
+    def on_command(self, message: dict[str, Any]) -> None:
+        """A command line of the parent: ``pair_phone`` asks for a code during the QR phase."""
+        phone = message.get("phone")
+        if message.get("type") == "pair_phone" and isinstance(phone, str):
+            threading.Thread(
+                target=self.request_code, args=(phone,), daemon=True, name="pair-code"
+            ).start()
+
+    def request_code(self, phone: str) -> None:
+        """Answer one code request; a refusal leaves the QR codes working (no exit)."""
+        if not self.qr_shown.wait(CODE_QR_WAIT):
+            self.reporter.emit({"type": "pair_code_failed", "reason": "no connection yet"})
+            return
+        client_type, client_name = phone_pairing_client(self.nc.device_props)
+        try:
+            code = self.nc.PairPhone(phone, True, client_name, client_type)
+        except Exception as exc:
+            self.reporter.emit({"type": "pair_code_failed", "reason": str(exc)[:500]})
         else:
             self.reporter.emit({"type": "pair_code", "code": code})
 
@@ -212,7 +257,7 @@ class PairingHandlers:
         self.finish({"type": "paired", **paired}, EXIT_PAIRED)
 
 
-def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
+def _pair(reporter: _Reporter, url: str, config: dict[str, Any], inbox: _Inbox) -> None:
     from gatewayd.whatsapp.neonize.env import (
         configure_neonize_logging,
         device_props,
@@ -230,6 +275,7 @@ def _pair(reporter: _Reporter, url: str, config: dict[str, Any]) -> None:
     nc._stop_finalizer.detach()
     handlers = PairingHandlers(nc, reporter, config.get("phone") or None)
     handlers.attach()
+    inbox.handlers = handlers
 
     def session() -> None:
         try:

@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from gatewayd.jid import is_group
 from gatewayd.whatsapp.port import Quote, SendResult
 
 SendKind = Literal["image", "document", "audio", "video"]
@@ -36,7 +37,7 @@ def context_info(quote: Quote | None, mentions: Sequence[str]) -> Any | None:
         ctx.stanzaID = quote.message_id
         ctx.participant = quote.sender
         ctx.quotedMessage.CopyFrom(Message(conversation=quote.text or ""))
-        if quote.chat and quote.chat != quote.sender and not quote.chat.endswith("@g.us"):
+        if quote.chat and quote.chat != quote.sender and not is_group(quote.chat):
             ctx.remoteJID = quote.chat
     return ctx
 

@@ -17,7 +17,9 @@ import attrs
 import trio
 
 from gatewayd.errors import InvalidRecipient, NotConnected, WhatsAppError
+from gatewayd.jid import non_ad
 from gatewayd.whatsapp.port import (
+    PAIR_CODE_LIFETIME,
     ClientEvent,
     Connected,
     ConnectFailed,
@@ -35,6 +37,7 @@ from gatewayd.whatsapp.port import (
     Receipt,
     SendResult,
 )
+from gatewayd.whatsapp.sim.paircode import PhoneCode, pairing_digits
 
 if TYPE_CHECKING:
     from gatewayd.whatsapp.sim.network import SimNetwork
@@ -96,7 +99,9 @@ class _Pairing:
     """A pairing in progress: the QR showing now and, once decided, how it ended."""
 
     keys: str  # the device's noise/identity/adv keys: fixed for one pairing, only refs rotate
+    ends_at: float  # when the QR schedule runs out (virtual time)
     qr: QrCode | None = None
+    phone_code: PhoneCode | None = None  # the latest code asked for; it replaces older ones
     outcome: Paired | str | None = None  # a device, or whatsmeow's failure reason
     done: trio.Event = attrs.Factory(trio.Event)
 
@@ -119,13 +124,13 @@ class _Connection:
 class SimulatedClient:
     """One agent's client on a ``SimulatedWhatsApp`` network (get it from ``network.client()``)."""
 
-    __slots__ = ("_net", "_agent_id", "account", "_pairing", "_conn", "_pending", "_sent")
+    __slots__ = ("_net", "_agent_id", "account", "pairing", "_conn", "_pending", "_sent")
 
     def __init__(self, network: SimNetwork, agent_id: str) -> None:
         self._net = network
         self._agent_id = agent_id
         self.account: Paired | None = None  # the linked device this agent last paired or ran
-        self._pairing: _Pairing | None = None
+        self.pairing: _Pairing | None = None
         self._conn: _Connection | None = None
         # Inbound events that arrived while offline; the "server" hands them over on connect.
         self._pending: list[ClientEvent] = []
@@ -183,15 +188,17 @@ class SimulatedClient:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> Paired:
         """Show rotating QRs on WhatsApp's schedule until scanned; see ``WhatsAppClient.pair``."""
-        if self._pairing is not None:
+        if self.pairing is not None:
             raise WhatsAppError(f"agent {self._agent_id!r} is already pairing")
-        pairing = _Pairing(keys=self._net._pairing_keys())
-        self._pairing = pairing
+        pairing = _Pairing(
+            keys=self._net.pairing_keys(), ends_at=trio.current_time() + sum(QR_SCHEDULE)
+        )
+        self.pairing = pairing
         try:
             for index, lifetime in enumerate(QR_SCHEDULE):
                 # The QR's life starts when it is made, not when the consumer takes it.
                 deadline = trio.current_time() + lifetime
-                pairing.qr = QrCode(self._net._qr_payload(pairing.keys), index, lifetime)
+                pairing.qr = QrCode(self._net.qr_payload(pairing.keys), index, lifetime)
                 if index == 0:
                     task_status.started()  # scannable from here on, even before it is delivered
                 await events.send(pairing.qr)
@@ -201,7 +208,7 @@ class SimulatedClient:
                     break
         finally:
             # Cleared before the outcome is pushed, so nothing can scan a QR that is gone.
-            self._pairing = None
+            self.pairing = None
         if isinstance(pairing.outcome, Paired):
             self.account = pairing.outcome
             await events.send(pairing.outcome)
@@ -209,6 +216,22 @@ class SimulatedClient:
         reason = pairing.outcome or "timeout"
         await events.send(PairingFailed(reason))
         raise PairingError(reason)
+
+    async def pair_phone(self, phone: str) -> str:
+        """A code to type on ``phone`` instead of scanning; see ``WhatsAppClient.pair_phone``.
+
+        It lives ``PAIR_CODE_LIFETIME`` seconds, and never past the end of the QR schedule (the
+        connection whatsmeow asks on closes then); asking again replaces it.
+        """
+        await trio.lowlevel.checkpoint()  # the round trip to WhatsApp
+        digits = pairing_digits(phone)
+        pairing = self.pairing
+        if pairing is None or pairing.qr is None or pairing.outcome is not None:
+            raise NotConnected(f"agent {self._agent_id!r} is not waiting for a QR scan")
+        now = trio.current_time()
+        expires_at = min(now + PAIR_CODE_LIFETIME, pairing.ends_at)
+        pairing.phone_code = PhoneCode(self._net.new_pair_code(), digits, expires_at)
+        return pairing.phone_code.code
 
     # ------------------------------------------------------------------ connection
 
@@ -227,7 +250,7 @@ class SimulatedClient:
         )  # a stall control of the network (sim/whatsapp.py, sim/network.py)
         failure = self._net.connect_failure(device_jid)
         if failure is not None:
-            self._end(failure)  # a device found logged out is forgotten here too
+            self.end(failure)  # a device found logged out is forgotten here too
             await events.send(failure)
             raise ConnectFailed(failure)
         conn = _Connection(device_jid)
@@ -271,7 +294,11 @@ class SimulatedClient:
             conn.push(event)
         self._pending.clear()
 
-    def _deliver(self, event: MessageReceived | MessageUnreadable | Receipt) -> None:
+    def sent_records(self) -> list[SentRecord]:
+        """What this client sent, in order."""
+        return list(self._sent)
+
+    def deliver(self, event: MessageReceived | MessageUnreadable | Receipt) -> None:
         """Hand an inbound event to the live connection, or keep it for the next one."""
         if self.connected:
             assert self._conn is not None
@@ -287,7 +314,7 @@ class SimulatedClient:
         conn.push(event)
         return event
 
-    def _end(self, event: ConnectionEnd) -> None:
+    def end(self, event: ConnectionEnd) -> None:
         """End the running connection with ``event`` (after everything queued before it)."""
         if self._conn is not None and self._conn.end is None:
             self._conn.end = event
@@ -306,8 +333,8 @@ class SimulatedClient:
         """Unlink the device; the connection ends with ``LoggedOut(reason="logout")``."""
         await trio.lowlevel.checkpoint()
         conn = self._require_connected()
-        self._net._devices.pop(conn.device_jid, None)
-        self._end(LoggedOut("logout", on_connect=False))
+        self._net.unlink(conn.device_jid)
+        self.end(LoggedOut("logout", on_connect=False))
 
     # ------------------------------------------------------------------ sending
 
@@ -327,12 +354,12 @@ class SimulatedClient:
         """Record a message send and answer like WhatsApp (timestamps in whole seconds)."""
         assert record.message_id is not None
         self._sent.append(record)
-        return SendResult(record.message_id, self._net._now_ms() // 1000 * 1000)
+        return SendResult(record.message_id, self._net.now_ms() // 1000 * 1000)
 
     def _message(self, kind: SentKind, to: str) -> SentRecord:
         """The common part of a sent message's record, with a fresh message id."""
         return SentRecord(
-            kind=kind, to=to, at=trio.current_time(), message_id=self._net._message_id()
+            kind=kind, to=to, at=trio.current_time(), message_id=self._net.new_message_id()
         )
 
     async def send_text(
@@ -422,16 +449,10 @@ class SimulatedClient:
         """The phone-number JID the network knows for ``lid``, or None."""
         await trio.lowlevel.checkpoint()
         self._require_connected()
-        return self._net._pn_of.get(non_ad(lid))
+        return self._net.pn_for(non_ad(lid))
 
     async def lid_for_pn(self, pn: str) -> str | None:
         """The LID the network knows for ``pn``, or None."""
         await trio.lowlevel.checkpoint()
         self._require_connected()
-        return self._net._lid_of.get(non_ad(pn))
-
-
-def non_ad(jid: str) -> str:
-    """``628…:12@s.whatsapp.net`` → ``628…@s.whatsapp.net`` (whatsmeow's JIDToNonAD)."""
-    user, _, server = jid.partition("@")
-    return f"{user.partition(':')[0]}@{server}"
+        return self._net.lid_for(non_ad(pn))

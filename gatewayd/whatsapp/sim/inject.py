@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gatewayd.jid import group_jid, newsletter_jid, phone_jid
 from gatewayd.whatsapp.port import (
     STATUS_BROADCAST,
     InboundMessage,
@@ -19,7 +20,7 @@ from gatewayd.whatsapp.port import (
     Quote,
     Receipt,
 )
-from gatewayd.whatsapp.sim.network import SimNetwork, group_jid, user_jid
+from gatewayd.whatsapp.sim.network import SimNetwork, user_jid
 
 _DEFAULT_MIMETYPES: dict[MediaType, str] = {
     "image": "image/jpeg",
@@ -55,7 +56,7 @@ class InboundInjection(SimNetwork):
         ``lid_addressing`` delivers it LID-addressed, as WhatsApp does in LID chats.
         ``mentions`` are PN or LID JIDs (or bare phone numbers), put into ``mentionedJID``.
         """
-        return self._deliver(
+        return self.deliver(
             agent_id, sender, text=text, group=group, chat=chat, mentions=mentions,
             quote=quote, push_name=push_name, sender_lid=sender_lid,
             lid_addressing=lid_addressing, is_edit=is_edit,
@@ -83,7 +84,7 @@ class InboundInjection(SimNetwork):
             mimetype=mimetype or _DEFAULT_MIMETYPES[kind], size=size, caption=caption,
             filename=filename, seconds=seconds, ptt=ptt,
         )  # fmt: skip
-        return self._deliver(
+        return self.deliver(
             agent_id, sender, text=caption, group=group, mentions=mentions, quote=quote,
             push_name=push_name, media_type=kind, media=media,
         )  # fmt: skip
@@ -92,16 +93,16 @@ class InboundInjection(SimNetwork):
         self, agent_id: str, sender: str, text: str, *, push_name: str | None = None
     ) -> InboundMessage:
         """``sender`` posts a status (story); WhatsApp reports it as a group message."""
-        return self._deliver(agent_id, sender, text=text, push_name=push_name, status=True)
+        return self.deliver(agent_id, sender, text=text, push_name=push_name, status=True)
 
     def inject_newsletter(self, agent_id: str, newsletter: str, text: str) -> InboundMessage:
         """A followed channel posts ``text``."""
-        jid = newsletter if "@" in newsletter else f"{newsletter}@newsletter"
+        jid = newsletter_jid(newsletter)
         message = InboundMessage(
-            id=self._inbound_id(), chat=jid, sender=jid, timestamp_ms=self._now_ms(),
+            id=self._inbound_id(), chat=jid, sender=jid, timestamp_ms=self.now_ms(),
             text=text, is_newsletter=True,
         )  # fmt: skip
-        self._linked(agent_id)._deliver(MessageReceived(message))
+        self._linked(agent_id).deliver(MessageReceived(message))
         return message
 
     def inject_unreadable(
@@ -109,7 +110,7 @@ class InboundInjection(SimNetwork):
     ) -> MessageUnreadable:
         """Something arrives that the adapter cannot read (in-process network only)."""
         event = MessageUnreadable(message_id, reason, raw)
-        self._linked(agent_id)._deliver(event)
+        self._linked(agent_id).deliver(event)
         return event
 
     def inject_receipt(
@@ -122,11 +123,11 @@ class InboundInjection(SimNetwork):
         sender: str | None = None,
     ) -> Receipt:
         """The other side acknowledges messages the agent sent."""
-        receipt = Receipt(chat, sender or chat, tuple(message_ids), type, self._now_ms())
-        self._linked(agent_id)._deliver(receipt)
+        receipt = Receipt(chat, sender or chat, tuple(message_ids), type, self.now_ms())
+        self._linked(agent_id).deliver(receipt)
         return receipt
 
-    def _deliver(
+    def deliver(
         self,
         agent_id: str,
         sender: str,
@@ -164,9 +165,9 @@ class InboundInjection(SimNetwork):
             chat_lid=chat_lid,
             sender=sender_pn or sender_lid_jid or "",
             sender_lid=sender_lid_jid,
-            timestamp_ms=self._now_ms(),
+            timestamp_ms=self.now_ms(),
             is_group=status or group is not None,
-            is_from_me=sender_pn == f"{client.account.phone}@s.whatsapp.net",
+            is_from_me=sender_pn == phone_jid(client.account.phone),
             push_name=push_name or (self._push_names.get(sender_pn) if sender_pn else None),
             text=text,
             mentioned_jids=tuple(user_jid(m) for m in mentions),
@@ -178,5 +179,5 @@ class InboundInjection(SimNetwork):
             is_status_broadcast=status,
             is_edit=is_edit,
         )
-        client._deliver(MessageReceived(message))
+        client.deliver(MessageReceived(message))
         return message

@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from gatewayd.errors import NotConnected
+from gatewayd.jid import group_jid, is_lid, is_user, lid_jid, non_ad, phone_jid
 from gatewayd.whatsapp.port import (
     ConnectionEnd,
     Disconnected,
@@ -26,7 +27,8 @@ from gatewayd.whatsapp.port import (
     StreamReplaced,
     TemporaryBan,
 )
-from gatewayd.whatsapp.sim.client import SimulatedClient, non_ad
+from gatewayd.whatsapp.sim.client import SimulatedClient
+from gatewayd.whatsapp.sim.paircode import new_code
 
 QR_PREFIX = "https://wa.me/settings/linked_devices#"
 CLIENT_TYPE = 6  # DeviceProps.platformType neonize sends by default (SAFARI)
@@ -113,7 +115,7 @@ class SimNetwork:
     def _identify(self, who: str, lid: str | None) -> tuple[str | None, str | None]:
         """(PN JID, LID JID) of a phone, PN or LID JID; a LID nobody knows has no PN."""
         jid = user_jid(who)
-        if jid.endswith("@lid"):
+        if is_lid(jid):
             return self._pn_of.get(jid), jid
         return self.add_contact(jid, lid=lid)
 
@@ -130,6 +132,18 @@ class SimNetwork:
         return client
 
     # ------------------------------------------------------------------ used by the clients
+
+    def pn_for(self, lid: str) -> str | None:
+        """The phone-number JID behind a LID, when the network knows it."""
+        return self._pn_of.get(lid)
+
+    def lid_for(self, pn: str) -> str | None:
+        """The LID of a phone-number JID, when the network knows it."""
+        return self._lid_of.get(pn)
+
+    def unlink(self, device_jid: str) -> None:
+        """The device logged out: its credentials are gone (a ban on it stays)."""
+        self._devices.pop(device_jid, None)
 
     def connect_failure(self, device_jid: str) -> ConnectionEnd | None:
         """Why connecting ``device_jid`` fails right now, or None when it would succeed."""
@@ -150,7 +164,7 @@ class SimNetwork:
         """Make ``client`` the one online on ``device_jid``; whoever was there is replaced."""
         previous = self._online.get(device_jid)
         if previous is not None and previous is not client:
-            previous._end(StreamReplaced())
+            previous.end(StreamReplaced())
         self._online[device_jid] = client
         return self._devices[device_jid]
 
@@ -158,13 +172,13 @@ class SimNetwork:
         if self._online.get(device_jid) is client:
             del self._online[device_jid]
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
         if self._epoch is None:
             # Anchored once, so virtual time still moves the timestamps under a MockClock.
             self._epoch = time.time() - trio.current_time()
         return int((self._epoch + trio.current_time()) * 1000)
 
-    def _message_id(self) -> str:
+    def new_message_id(self) -> str:
         """An id like the ones whatsmeow makes for sent messages."""
         return f"3EB0{self._rng.getrandbits(64):016X}"
 
@@ -173,14 +187,18 @@ class SimNetwork:
         return f"3A{self._rng.getrandbits(72):018X}"
 
     def _new_lid(self) -> str:
-        return f"{self._rng.randrange(10**14, 10**15)}@lid"
+        return lid_jid(str(self._rng.randrange(10**14, 10**15)))
 
-    def _pairing_keys(self) -> str:
+    def pairing_keys(self) -> str:
         """Noise public key, identity public key, adv secret (32 bytes each) and client type."""
         keys = (_b64(self._rng.randbytes(32)) for _ in range(3))
         return f"{','.join(keys)},{CLIENT_TYPE}"
 
-    def _qr_payload(self, keys: str) -> str:
+    def new_pair_code(self) -> str:
+        """A phone pairing code in whatsmeow's format (``sim/paircode.py``)."""
+        return new_code(self._rng)
+
+    def qr_payload(self, keys: str) -> str:
         """A QR string in whatsmeow's current format with a fresh server ref."""
         return f"{QR_PREFIX}2@{_b64(self._rng.randbytes(66))},{keys}"
 
@@ -203,19 +221,15 @@ def user_jid(who: str) -> str:
     digits = who.removeprefix("+")
     if not digits.isdigit():
         raise ValueError(f"not a phone number or JID: {who!r}")
-    return f"{digits}@s.whatsapp.net"
+    return phone_jid(digits)
 
 
 def _pn_jid(phone: str) -> str:
     jid = user_jid(phone)
-    if not jid.endswith("@s.whatsapp.net"):
+    if not is_user(jid):
         raise ValueError(f"not a phone number: {phone!r}")
     return jid
 
 
 def _lid_jid(lid: str) -> str:
-    return lid if lid.endswith("@lid") else f"{lid}@lid"
-
-
-def group_jid(group: str) -> str:
-    return group if group.endswith("@g.us") else f"{group}@g.us"
+    return lid_jid(lid)

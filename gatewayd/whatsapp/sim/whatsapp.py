@@ -12,6 +12,10 @@ Behaviour worth knowing, mirroring the real network:
 
 * QRs rotate on ``QR_SCHEDULE`` (60 s, then five of 20 s); after 160 s pairing fails with
   ``"timeout"``. The device keys stay fixed during one pairing; only the ref rotates.
+* A pairing agent can ask for a phone code (``pair_phone``); ``enter_pair_code`` is the phone
+  typing it. A code lives ``PAIR_CODE_LIFETIME`` (120 s) and never past the QR schedule; a wrong,
+  expired or replaced code, or one typed on another number, is refused (``PairCodeRefused``)
+  and the pairing goes on.
 * Messages injected while an agent is offline are kept and delivered after ``Connected`` on its
   next ``run``; those still queued when a ``run`` is cancelled are delivered again as well.
 * ``drop`` ends ``run``; ``drop(back_after=…)`` is a break the client heals by itself (whatsmeow
@@ -37,6 +41,7 @@ import attrs
 import trio
 
 from gatewayd.errors import WhatsAppError
+from gatewayd.jid import phone_jid
 from gatewayd.whatsapp.port import (
     ClientOutdated,
     Disconnected,
@@ -56,6 +61,7 @@ from gatewayd.whatsapp.sim.client import (
 )
 from gatewayd.whatsapp.sim.inject import InboundInjection
 from gatewayd.whatsapp.sim.network import ActiveBan
+from gatewayd.whatsapp.sim.paircode import PairCodeRefused, pairing_digits, same_code
 
 __all__ = [
     "QR_SCHEDULE",
@@ -63,6 +69,7 @@ __all__ = [
     "BanState",
     "NetworkState",
     "NoQrShowing",
+    "PairCodeRefused",
     "SentRecord",
     "SimulatedClient",
     "SimulatedWhatsApp",
@@ -145,7 +152,7 @@ class SimulatedWhatsApp(InboundInjection):
     def current_qr(self, agent_id: str) -> QrCode | None:
         """The QR the agent shows right now, if it is pairing."""
         client = self._clients.get(agent_id)
-        pairing = client._pairing if client is not None else None
+        pairing = client.pairing if client is not None else None
         return pairing.qr if pairing is not None and pairing.outcome is None else None
 
     def scan(
@@ -168,12 +175,56 @@ class SimulatedWhatsApp(InboundInjection):
             raise NoQrShowing(f"agent {agent_id!r} shows no QR code")
         if payload is not None and payload != qr.payload:
             raise NoQrShowing(f"agent {agent_id!r} no longer shows that QR code")
+        return self._link(agent_id, phone, lid=lid, push_name=push_name, platform=platform)
+
+    def enter_pair_code(
+        self,
+        code: str,
+        phone: str,
+        *,
+        lid: str | None = None,
+        push_name: str | None = None,
+        platform: str = "android",
+    ) -> Paired:
+        """The phone ``phone`` types ``code`` (Link with phone number); the device is linked.
+
+        The code names the pairing, as on WhatsApp. Raises ``PairCodeRefused`` when no pairing
+        has that code now (wrong, replaced by a newer one, or the pairing ended), when it has
+        expired, or when it was asked for another number; the pairing goes on. The agent's
+        ``pair`` then pushes and returns the same ``Paired``.
+        """
+        digits = pairing_digits(phone)
+        now = trio.current_time()
+        for agent_id, client in self._clients.items():
+            pairing = client.pairing
+            if pairing is None or pairing.outcome is not None or pairing.phone_code is None:
+                continue
+            issued = pairing.phone_code
+            if not same_code(code, issued.code):
+                continue
+            if now >= issued.expires_at:
+                raise PairCodeRefused("the code has expired: ask for a new one")
+            if digits != issued.phone:
+                raise PairCodeRefused("the code was asked for another phone number")
+            return self._link(agent_id, digits, lid=lid, push_name=push_name, platform=platform)
+        raise PairCodeRefused("wrong code: no pairing is waiting for it")
+
+    def _link(
+        self,
+        agent_id: str,
+        phone: str,
+        *,
+        lid: str | None,
+        push_name: str | None,
+        platform: str,
+    ) -> Paired:
+        """Link a new device of ``phone`` to the agent's pairing, which ends with it."""
         pn, lid_jid = self.add_contact(phone, lid=lid, push_name=push_name)
         digits = pn.partition("@")[0]
         number = self._device_numbers[digits] = self._device_numbers.get(digits, 0) + 1
-        paired = Paired(f"{digits}:{number}@s.whatsapp.net", digits, lid_jid, push_name, platform)
+        paired = Paired(phone_jid(digits, number), digits, lid_jid, push_name, platform)
         self._devices[paired.device_jid] = paired
-        pairing = self._clients[agent_id]._pairing
+        pairing = self._clients[agent_id].pairing
         assert pairing is not None
         pairing.outcome = paired
         pairing.done.set()
@@ -208,10 +259,10 @@ class SimulatedWhatsApp(InboundInjection):
     def fail_pairing(self, agent_id: str, reason: str = "error") -> None:
         """End the agent's pairing with whatsmeow's ``reason`` (``"err-client-outdated"``, …)."""
         client = self._clients.get(agent_id)
-        if client is None or client._pairing is None or client._pairing.outcome is not None:
+        if client is None or client.pairing is None or client.pairing.outcome is not None:
             raise NoQrShowing(f"agent {agent_id!r} is not pairing")
-        client._pairing.outcome = reason
-        client._pairing.done.set()
+        client.pairing.outcome = reason
+        client.pairing.done.set()
 
     def account(self, agent_id: str) -> Paired | None:
         """The device the agent is linked as (from its last pairing or run), if any."""
@@ -226,7 +277,7 @@ class SimulatedWhatsApp(InboundInjection):
     def sent(self, agent_id: str) -> list[SentRecord]:
         """Everything the agent sent, typed or marked read, in order."""
         client = self._clients.get(agent_id)
-        return list(client._sent) if client is not None else []
+        return client.sent_records() if client is not None else []
 
     # ------------------------------------------------------------------ connection control
 
@@ -241,15 +292,15 @@ class SimulatedWhatsApp(InboundInjection):
         """
         if back_after is not None:
             return self._running(agent_id)._interrupt(reason, back_after)
-        return self._end(agent_id, Disconnected(reason))
+        return self.end(agent_id, Disconnected(reason))
 
     def replace_stream(self, agent_id: str) -> StreamReplaced:
         """Another client takes over the session."""
-        return self._end(agent_id, StreamReplaced())
+        return self.end(agent_id, StreamReplaced())
 
     def outdated(self, agent_id: str) -> ClientOutdated:
         """WhatsApp declares the client version outdated (this connection only)."""
-        return self._end(agent_id, ClientOutdated())
+        return self.end(agent_id, ClientOutdated())
 
     def log_out(self, agent_id: str, reason: str = "logged_out") -> LoggedOut:
         """The phone unlinks the device (online or not); its credentials are forgotten."""
@@ -257,7 +308,7 @@ class SimulatedWhatsApp(InboundInjection):
         assert client.account is not None
         self._devices.pop(client.account.device_jid, None)
         event = LoggedOut(reason, on_connect=False)
-        client._end(event)
+        client.end(event)
         return event
 
     def ban(
@@ -268,9 +319,9 @@ class SimulatedWhatsApp(InboundInjection):
         assert client.account is not None
         self._bans[client.account.device_jid] = ActiveBan(code, trio.current_time() + seconds)
         event = TemporaryBan(code, seconds)
-        client._end(event)
+        client.end(event)
         return event
 
-    def _end(self, agent_id: str, event: _End) -> _End:
-        self._running(agent_id)._end(event)
+    def end(self, agent_id: str, event: _End) -> _End:
+        self._running(agent_id).end(event)
         return event

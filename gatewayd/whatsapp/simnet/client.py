@@ -184,6 +184,14 @@ class SimnetClient:
             await trio.sleep(delay)
             delay = min(delay * 2, PAIR_RETRY_MAX)
 
+    async def pair_phone(self, phone: str) -> str:
+        """See ``WhatsAppClient.pair_phone``; the simnet's pairing of this agent answers."""
+        data = await self._backend.call("POST", f"{self._path}/pair-phone", {"phone": phone})
+        code = data.get("code") if isinstance(data, dict) else None
+        if not isinstance(code, str) or not code:
+            raise WhatsAppError("simnet: odd answer to a pair-code request")
+        return code
+
     async def run(
         self,
         device_jid: str,

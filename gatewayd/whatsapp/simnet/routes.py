@@ -66,6 +66,14 @@ async def pair(request: Request) -> Response:
     return _ok({"session": session.id})
 
 
+async def pair_phone(request: Request) -> Response:
+    """A phone pairing code for the agent's pairing in progress (``NOT_CONNECTED`` without one)."""
+    body = await read_json(request, any_text=True)
+    client = _hub(request).network.client(request.path_params["agent_id"])
+    result = await _whatsapp(client.pair_phone(body_str(body, "phone") or ""))
+    return result if isinstance(result, Response) else _ok({"code": result})
+
+
 async def connect(request: Request) -> Response:
     body = await read_json(request, any_text=True)
     device = body_str(body, "device") or ""
@@ -222,6 +230,7 @@ def net_routes() -> list[BaseRoute]:
         Route("/_net/devices", devices, methods=["GET"]),
         Route("/_net/devices/forget", forget, methods=["POST"]),
         Route("/_net/agents/{agent_id}/pair", pair, methods=["POST"]),
+        Route("/_net/agents/{agent_id}/pair-phone", pair_phone, methods=["POST"]),
         Route("/_net/agents/{agent_id}/connect", connect, methods=["POST"]),
         Route("/_net/agents/{agent_id}/send", send, methods=["POST"]),
         Route("/_net/agents/{agent_id}/typing", typing, methods=["POST"]),
