@@ -29,6 +29,10 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+#: The deployed service's level names (pino's) → ours. Nothing here logs below debug, so
+#: ``trace`` is debug: everything, third-party libraries included.
+LEVEL_ALIASES = {"trace": "debug", "warn": "warning", "fatal": "critical"}
+_NUMERIC = {**_LEVELS, **{alias: _LEVELS[name] for alias, name in LEVEL_ALIASES.items()}}
 _current_level = _LEVELS["info"]
 _current_level_name = "info"
 _current_format = "auto"
@@ -41,8 +45,22 @@ _PARTIAL_LINE_WAIT = 0.5  # a line without its newline is logged after this long
 _MAX_LINE = 16384  # longer lines are logged in pieces
 
 
+def canonical_level(name: str) -> str:
+    """Our name for a level name as configured: any case, the deployed service's names too.
+
+    Raises ValueError naming the accepted names for anything else.
+    """
+    lowered = name.strip().lower()
+    lowered = LEVEL_ALIASES.get(lowered, lowered)
+    if lowered not in _LEVELS:
+        raise ValueError(
+            f"expected one of {', '.join(_LEVELS)} (or {', '.join(LEVEL_ALIASES)}), got {name!r}"
+        )
+    return lowered
+
+
 def _filter_level(_: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    level = _LEVELS.get(method_name, _LEVELS.get(str(event_dict.get("level", "")), 20))
+    level = _NUMERIC.get(method_name, _NUMERIC.get(str(event_dict.get("level", "")), 20))
     if method_name == "exception":
         level = _LEVELS["error"]
     if level < _current_level:
@@ -96,6 +114,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     Without ``stream`` the log goes to stdout: the real one, also after ``capture_stdout``.
     """
     global _current_level, _current_level_name, _current_format
+    level = canonical_level(level)
     _current_level = _LEVELS[level]
     _current_level_name, _current_format = level, fmt
     stream = stream or _real_stdout or sys.stdout
@@ -133,8 +152,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 
 
 def set_level(level: str) -> None:
-    """Change the level of every logger, live."""
+    """Change the level of every logger, live (any name ``canonical_level`` accepts)."""
     global _current_level, _current_level_name
+    level = canonical_level(level)
     _current_level = _LEVELS[level]
     _current_level_name = level
     root = logging.getLogger()

@@ -62,3 +62,25 @@ def test_stdlib_records_carry_logger_name_and_level() -> None:
     assert line["event"] == "neonize: ffmpeg not found"
     assert line["logger"] == "neonize.utils.ffmpeg" and line["level"] == "warning"
     configure_logging("info", "json")
+
+
+def test_deployed_service_level_names_set_the_level() -> None:
+    """warn, fatal and trace (the deployed service's names) filter like warning, critical, debug."""
+    stream = io.StringIO()
+    configure_logging("warn", "json", stream)
+    log = structlog.get_logger()
+    log.info("gatewayd.test.info_dropped")
+    log.warning("gatewayd.test.warning_kept")
+    set_level("FATAL")
+    log.error("gatewayd.test.error_dropped")
+    log.critical("gatewayd.test.critical_kept")
+    set_level("trace")
+    log.debug("gatewayd.test.debug_kept")
+    logging.getLogger("whatsmeow.Client").debug("third-party debug kept")
+    assert [e["event"] for e in lines(stream)] == [
+        "gatewayd.test.warning_kept",
+        "gatewayd.test.critical_kept",
+        "gatewayd.test.debug_kept",
+        "third-party debug kept",
+    ]
+    configure_logging("info", "json")

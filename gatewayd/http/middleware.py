@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import structlog
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gatewayd.config import Config
-from gatewayd.errors import PayloadTooLarge
-from gatewayd.http.errors import classify, error_response
+from gatewayd.errors import GatewayError, MediaTooLarge, PayloadTooLarge
+from gatewayd.http.errors import classify, error_body, error_response
 from gatewayd.metrics import Metrics
 
 log = structlog.get_logger()
@@ -152,10 +153,23 @@ class SecurityHeaders:
 
 
 class Cors:
-    """CORS from the live config. No origins configured: no cross-origin access."""
+    """CORS from the live config. No origins configured: no cross-origin access.
 
-    ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-    ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
+    A preflight is answered here: 204 with the allowed methods and headers, or 403
+    ``CORS_REJECTED`` in the error shape of the path's dialect when the origin, the method
+    or a request header is not allowed (a browser shows the script nothing of it either way;
+    the body is for whoever debugs it).
+    """
+
+    METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    #: X-API-Key: /api/v1 clients may authenticate with it (docs/contract/api-v1.md);
+    #: Idempotency-Key: sends of the agents API.
+    HEADERS = ("Authorization", "Content-Type", "X-Request-ID", "X-API-Key", "Idempotency-Key")
+    #: Safelisted by the Fetch standard, yet listed in a preflight when a value is unusual.
+    SAFELISTED = ("accept", "accept-language", "content-language")
+    ALLOW_METHODS = ", ".join(METHODS)
+    ALLOW_HEADERS = ", ".join(HEADERS)
+    _ALLOWED_HEADERS = frozenset(h.lower() for h in HEADERS) | frozenset(SAFELISTED)
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -166,6 +180,47 @@ class Cors:
         if "*" in origins:
             return "*"
         return origin if origin in origins else None
+
+    def _refusal(self, headers: Headers, allowed: str | None) -> str | None:
+        """Why a preflight is refused, or None when it is not."""
+        if allowed is None:
+            return "Cross-origin requests from this origin are not allowed"
+        method = headers.get("access-control-request-method", "").strip().upper()
+        if method not in self.METHODS:
+            return f"Method not allowed cross-origin; allowed: {self.ALLOW_METHODS}"
+        asked = headers.get("access-control-request-headers", "")
+        refused = sorted(
+            {n for n in (p.strip().lower() for p in asked.split(",")) if n} - self._ALLOWED_HEADERS
+        )
+        if refused:
+            names = ", ".join(refused[:10])[:200]  # what the client sent: bounded
+            return (
+                f"Request headers not allowed cross-origin: {names}; allowed: {self.ALLOW_HEADERS}"
+            )
+        return None
+
+    async def _preflight(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, allowed: str | None
+    ) -> None:
+        refusal = self._refusal(headers, allowed)
+        if refusal is not None:
+            state = scope.setdefault("state", {})
+            state["error_code"] = "CORS_REJECTED"  # counted like every error answer
+            body = error_body(scope, "CORS_REJECTED", refusal, None, state.get("trace_id", ""))
+            response = JSONResponse(body, status_code=403, headers={"Vary": "Origin"})
+            await response(scope, receive, send)
+            return
+        assert allowed is not None
+        response_headers = [
+            (b"vary", b"Origin"),
+            (b"content-length", b"0"),
+            (b"access-control-allow-origin", allowed.encode()),
+            (b"access-control-allow-methods", self.ALLOW_METHODS.encode()),
+            (b"access-control-allow-headers", self.ALLOW_HEADERS.encode()),
+            (b"access-control-max-age", b"600"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": response_headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -178,19 +233,7 @@ class Cors:
             return
         allowed = self._allowed(origin)
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            status = 204 if allowed else 403
-            response_headers = [(b"vary", b"Origin"), (b"content-length", b"0")]
-            if allowed:
-                response_headers += [
-                    (b"access-control-allow-origin", allowed.encode()),
-                    (b"access-control-allow-methods", self.ALLOW_METHODS.encode()),
-                    (b"access-control-allow-headers", self.ALLOW_HEADERS.encode()),
-                    (b"access-control-max-age", b"600"),
-                ]
-            await send(
-                {"type": "http.response.start", "status": status, "headers": response_headers}
-            )
-            await send({"type": "http.response.body", "body": b""})
+            await self._preflight(scope, receive, send, headers, allowed)
             return
 
         async def with_cors(message: Message) -> None:
@@ -204,8 +247,26 @@ class Cors:
         await self.app(scope, receive, with_cors)
 
 
+#: POST /agents/{agentId}/media carries an image as base64 in JSON.
+_MEDIA_PATH = re.compile(r"/agents/[^/]+/media/?")
+#: Room for the JSON around the base64 (to, caption, mimetype, filename).
+MEDIA_BODY_SLACK = 64 * 1024
+
+
+def body_limit(config: Config, path: str) -> tuple[int, type[GatewayError]]:
+    """The largest body accepted on ``path``, and the error refusing a larger one.
+
+    The media route takes base64 of up to ``media.max_bytes`` (4/3 of it, plus the JSON
+    around it) even when ``server.body_limit`` is smaller, and says ``MEDIA_TOO_LARGE``.
+    """
+    if _MEDIA_PATH.fullmatch(path):
+        base64_size = -(-config.media.max_bytes * 4 // 3)  # rounded up
+        return max(config.server.body_limit, base64_size + MEDIA_BODY_SLACK), MediaTooLarge
+    return config.server.body_limit, PayloadTooLarge
+
+
 class BodyLimit:
-    """Refuse bodies over ``server.body_limit``: by Content-Length before reading, and
+    """Refuse bodies over ``body_limit`` for the path: by Content-Length before reading, and
     by counting while streaming (chunked bodies have no length to check).
 
     Any answer that starts before the request body was read to its end (a refusal, or a
@@ -221,7 +282,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.settings().server.body_limit
+        limit, too_large = body_limit(self.settings(), scope.get("path", ""))
         headers = Headers(scope=scope)
         length = headers.get("content-length", "")
         body_done = "transfer-encoding" not in headers and length in ("", "0")
@@ -234,7 +295,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+                    raise too_large(f"Request body is larger than {limit} bytes")
                 body_done = not message.get("more_body", False)
             return message
 
@@ -248,9 +309,9 @@ class BodyLimit:
 
         try:
             if length.isdigit() and int(length) > limit:
-                raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+                raise too_large(f"Request body is larger than {limit} bytes")
             await self.app(scope, counting_receive, closing_send)
-        except PayloadTooLarge as exc:
+        except (PayloadTooLarge, MediaTooLarge) as exc:
             if started:
                 raise
             await error_response(scope, exc)(scope, receive, closing_send)

@@ -7,6 +7,12 @@ sync), so an installed wheel serves it without the source tree.
 ``/docs`` is rendered here, server-side, from the same document: plain HTML, no script,
 nothing fetched from anywhere. Its one inline stylesheet is allowed by its hash in the
 page's own Content-Security-Policy, which is otherwise the app's ``default-src 'none'``.
+
+The daemon composes no other absolute URL: answers carry ids and paths, so
+``server.base_url`` (the deployed service's ``APP_BASE_URL``) is used here only. When set,
+it is the one entry of both documents' ``servers`` (live: a reload changes it), so a client
+generated from /openapi.json calls the public address rather than the shipped
+``http://localhost:3000``.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import hashlib
 import html
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
+
+from gatewayd.config import Config
 
 METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -39,16 +48,32 @@ def openapi_document() -> dict[str, Any]:
     return document
 
 
-async def openapi_json(request: Request) -> Response:
-    return Response(openapi_bytes(), media_type="application/json")
+def _servers(base_url: str) -> list[dict[str, str]]:
+    return [{"url": base_url.rstrip("/"), "description": "this deployment (server.base_url)"}]
 
 
-async def docs_page(request: Request) -> Response:
-    page, csp = docs_html()
-    return HTMLResponse(page, headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"})
+@functools.lru_cache(maxsize=4)
+def openapi_bytes_for(base_url: str) -> bytes:
+    """The document as served: the shipped bytes, or with ``servers`` set to ``base_url``."""
+    if not base_url:
+        return openapi_bytes()
+    document = {**openapi_document(), "servers": _servers(base_url)}
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def docs_routes() -> list[BaseRoute]:
+def docs_routes(*, settings: Callable[[], Config]) -> list[BaseRoute]:
+    """/openapi.json and /docs, their ``servers`` from the live ``server.base_url``."""
+
+    async def openapi_json(request: Request) -> Response:
+        body = openapi_bytes_for(settings().server.base_url)
+        return Response(body, media_type="application/json")
+
+    async def docs_page(request: Request) -> Response:
+        page, csp = docs_html(settings().server.base_url)
+        return HTMLResponse(
+            page, headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"}
+        )
+
     return [
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs_page, methods=["GET"]),
@@ -187,8 +212,8 @@ def _operation(
     return out
 
 
-@functools.cache
-def docs_html() -> tuple[str, str]:
+@functools.lru_cache(maxsize=4)
+def docs_html(base_url: str = "") -> tuple[str, str]:
     """The page and the Content-Security-Policy that allows exactly its stylesheet."""
     document = openapi_document()
     info = document.get("info", {})
@@ -199,7 +224,7 @@ def docs_html() -> tuple[str, str]:
         '<p>The machine-readable document: <a href="/openapi.json">/openapi.json</a> '
         f"(OpenAPI {html.escape(str(document.get('openapi', '')))}).</p>",
     ]
-    servers = document.get("servers", [])
+    servers = _servers(base_url) if base_url else document.get("servers", [])
     if servers:
         out.append(
             "<p>Servers: "

@@ -1,4 +1,4 @@
-"""The inbound forwarder (seed 001 §7–§8): filter → typing → AI → reply.
+"""The inbound forwarder (docs/contract/agents-api.md §7–§8): filter → typing → AI → reply.
 
 Each persisted inbound message comes here once (again after a restart if it was never
 answered). What is ignored, what is sent to the AI, and what became of it ends up as the
@@ -12,7 +12,6 @@ number gets a report, queued the same way.
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from gatewayd.errors import AITimeout, GatewayError
 from gatewayd.jid import is_lid, lid_jid, normalize_recipient, phone_jid, to_contract_jid
 from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.commands import Outgoing
+from gatewayd.nursery.mentions import mentions_agent
 from gatewayd.outbound.ai import build_run_payload
 from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store
@@ -41,9 +41,13 @@ log = structlog.get_logger()
 
 
 def ignore_reason(
-    message: InboundMessage, *, own_jids: set[str], own_phone: str | None
+    message: InboundMessage,
+    *,
+    own_jids: set[str],
+    own_phone: str | None,
+    default_country_code: str,
 ) -> str | None:
-    """Why this message is not forwarded, or None when it is (001 §7)."""
+    """Why this message is not forwarded, or None when it is (docs/contract/agents-api.md §7.1)."""
     if message.is_status_broadcast:
         return "status_broadcast"
     if message.is_newsletter:
@@ -52,20 +56,16 @@ def ignore_reason(
         return "from_me"
     if message.is_edit:
         return "edit"  # the original was answered already; a second answer would confuse
-    if message.is_group and not mentions_agent(message, own_jids=own_jids, own_phone=own_phone):
+    if message.is_group and not mentions_agent(
+        message,
+        own_jids=own_jids,
+        own_phone=own_phone,
+        default_country_code=default_country_code,
+    ):
         return "group_without_mention"
     if not (message.text or "").strip():
         return "media" if message.media_type else "empty"
     return None
-
-
-def mentions_agent(message: InboundMessage, *, own_jids: set[str], own_phone: str | None) -> bool:
-    """Mentioned by phone JID or LID in the mention list, or as ``@628…`` in the text."""
-    if own_jids.intersection(message.mentioned_jids):
-        return True
-    if own_phone and message.text:
-        return re.search(rf"@{re.escape(own_phone)}(?!\d)", message.text) is not None
-    return False
 
 
 async def _own_identity(handle: AgentHandle, db: Database) -> tuple[set[str], str | None]:
@@ -122,7 +122,12 @@ class Forwarder:
         trace_id = stored.trace_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(traceId=trace_id):
             own_jids, own_phone = await _own_identity(handle, self.ai.db)
-            reason = ignore_reason(message, own_jids=own_jids, own_phone=own_phone)
+            reason = ignore_reason(
+                message,
+                own_jids=own_jids,
+                own_phone=own_phone,
+                default_country_code=self._config.whatsapp.default_country_code,
+            )
             if reason is not None:
                 log.debug("gatewayd.forward.ignored", reason=reason, messageId=message.id)
                 return f"ignored:{reason}"
