@@ -21,7 +21,10 @@ import attrs
 import cattrs
 
 from gatewayd.errors import ConfigError
+from gatewayd.log import canonical_level
 
+#: The levels a config holds; the deployed service's names (``warn``, ``trace``, ``fatal``, any
+#: case) are accepted on input and stored as these (gatewayd.log.LEVEL_ALIASES).
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
@@ -43,7 +46,8 @@ class ServerConfig:
     #: Address to listen on. Loopback by default: expose it on purpose.
     host: str = attrs.field(default="127.0.0.1", metadata=_restart())
     port: int = attrs.field(default=3000, metadata=_restart())
-    #: Public base URL used in links the daemon hands out.
+    #: Public base URL (APP_BASE_URL), e.g. https://wa.example.com: the ``servers`` entry of
+    #: /openapi.json and /docs. Empty: the shipped http://localhost:3000.
     base_url: str = attrs.field(default="", metadata=_live())
     #: Origins allowed by CORS; empty means no cross-origin access.
     cors_origins: list[str] = attrs.field(factory=list, metadata=_live())
@@ -76,6 +80,7 @@ class DatabaseConfig:
 
 @attrs.frozen
 class LogConfig:
+    #: Also trace (= debug), warn, fatal (= critical), in any case.
     level: LogLevel = attrs.field(default="info", metadata=_live())
     #: json, console, or auto (console when stdout is a TTY).
     format: Literal["auto", "json", "console"] = attrs.field(default="auto", metadata=_live())
@@ -161,6 +166,28 @@ class AgentsConfig:
 
 
 @attrs.frozen
+class AuthConfig:
+    """/api/v1 identity: login tokens, the PIN hash key, and the request limits."""
+
+    #: HS256 key of login tokens (JWT_SECRET), at least 32 characters; the PIN hash key is
+    #: derived from it, so changing it ends every login and invalidates every PIN. Empty: a
+    #: random secret is generated once and kept (mode 0600) in ``secret_file``.
+    jwt_secret: str = attrs.field(default="", metadata={**_secret(), "restart": True})
+    #: Where the generated secret is kept. Empty: ``auth.secret`` in ``database.data_dir``.
+    secret_file: str = attrs.field(default="", metadata=_restart())
+    #: Seconds a login token is valid.
+    token_ttl: float = attrs.field(default=24 * 3600.0, metadata=_live())
+    #: Failed PIN logins allowed per client address and minute (then 429).
+    login_attempts_per_minute: int = attrs.field(default=10, metadata=_live())
+    #: Failed PIN logins allowed per minute from all addresses together (then 429 for all).
+    login_attempts_global_per_minute: int = attrs.field(default=60, metadata=_live())
+    #: /api/v1 requests per authenticated user and minute.
+    requests_per_minute: int = attrs.field(default=100, metadata=_live())
+    #: Requests to unauthenticated /api/v1 routes per client address and minute.
+    anonymous_requests_per_minute: int = attrs.field(default=30, metadata=_live())
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     database: DatabaseConfig = attrs.field(factory=DatabaseConfig)
@@ -171,6 +198,7 @@ class Config:
     agents: AgentsConfig = attrs.field(factory=AgentsConfig)
     forwarding: ForwardingConfig = attrs.field(factory=ForwardingConfig)
     sessions: SessionsConfig = attrs.field(factory=SessionsConfig)
+    auth: AuthConfig = attrs.field(factory=AuthConfig)
 
     @classmethod
     def from_toml(
@@ -198,6 +226,7 @@ class Config:
         data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
         if environ is not None:
             errors.extend(_apply_environ(data, environ))
+        errors.extend(_canonical_log_level(data))
         config = _structure(data, errors)
         if config is not None:
             errors.extend(_check_values(config))
@@ -289,6 +318,19 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _canonical_log_level(data: dict[str, Any]) -> Iterator[str]:
+    """``log.level`` in our spelling, so the config (and every reload's diff) holds one name
+    per level whichever spelling the file or ``LOG_LEVEL`` used."""
+    section = data.get("log")
+    if not isinstance(section, dict) or not isinstance(section.get("level"), str):
+        return  # absent, or a wrong type that structuring reports
+    try:
+        section["level"] = canonical_level(section["level"])
+    except ValueError as exc:
+        del section["level"]  # reported here; structuring would report it a second time
+        yield f"log.level: {exc}"
+
+
 def check_sim_url(whatsapp: WhatsAppConfig) -> list[str]:
     """What is wrong with ``whatsapp.sim_url`` (also checked for ``run --whatsapp sim=URL``)."""
     url = whatsapp.sim_url
@@ -306,6 +348,8 @@ def _check_values(config: Config) -> Iterator[str]:
         yield f"server.port: expected 0..65535, got {s.port}"
     if s.body_limit < 1024:
         yield f"server.body_limit: expected at least 1024 bytes, got {s.body_limit}"
+    if s.base_url and not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", s.base_url):
+        yield f"server.base_url: {s.base_url!r} is not a base URL like https://wa.example.com"
     if s.shutdown_grace < 0:
         yield f"server.shutdown_grace: expected >= 0, got {s.shutdown_grace}"
     for origin in s.cors_origins:
@@ -338,6 +382,23 @@ def _check_values(config: Config) -> Iterator[str]:
     if not re.fullmatch(r"[1-9][0-9]{0,3}", config.whatsapp.default_country_code):
         yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
     yield from check_sim_url(config.whatsapp)
+    yield from _check_auth(config.auth)
+
+
+def _check_auth(auth: AuthConfig) -> Iterator[str]:
+    # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
+    if auth.jwt_secret and len(auth.jwt_secret.encode()) < 32:
+        yield "auth.jwt_secret: expected at least 32 characters (or empty to generate one)"
+    if not 60 <= auth.token_ttl <= 30 * 24 * 3600:
+        yield f"auth.token_ttl: expected 60..2592000 seconds, got {auth.token_ttl}"
+    for name in (
+        "login_attempts_per_minute",
+        "login_attempts_global_per_minute",
+        "requests_per_minute",
+        "anonymous_requests_per_minute",
+    ):
+        if getattr(auth, name) < 1:
+            yield f"auth.{name}: expected >= 1, got {getattr(auth, name)}"
 
 
 # ---------------------------------------------------------------------------
@@ -353,6 +414,7 @@ LEGACY_ENV: dict[str, str] = {
     "WWEBJS_AUTH_DIR": "whatsapp.device_dir",
     "DB_URL": "database.url",
     "LOG_LEVEL": "log.level",
+    "JWT_SECRET": "auth.jwt_secret",
 }
 
 
@@ -414,6 +476,8 @@ def _parse_env(text: str, tp: Any) -> Any:
             raise ValueError(f"expected float, got {text!r}") from None
     if origin is list:
         return [part.strip() for part in text.split(",") if part.strip()]
+    if tp == LogLevel:
+        return canonical_level(text)  # its ValueError names the accepted levels
     return text
 
 

@@ -27,7 +27,7 @@ import trio
 
 from gatewayd import log as logsetup
 from gatewayd.config import Change, Config, diff, mask, merge_live
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.http.app import create_app, hypercorn_config, serve_http
 from gatewayd.metrics import Metrics
 from gatewayd.notify import Notifier
@@ -39,7 +39,9 @@ from gatewayd.nursery.forwarder import Forwarder
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.embedded import open_embedded_postgres
 from gatewayd.store.migrations import migrate_up
-from gatewayd.usecases.core import KeySync, Services
+from gatewayd.usecases import identity
+from gatewayd.usecases.core import KeySync, Limits, Services
+from gatewayd.usecases.tokens import AuthSecrets, load_secret
 from gatewayd.whatsapp.port import WhatsAppBackend
 from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
@@ -132,6 +134,7 @@ class Gateway:
     def _apply_live(self) -> None:
         logsetup.set_level(self.config.log.level)
         self.agents.reconfigure(self.config)
+        self.services.limits.reconfigure(self.config.auth)
         if self._hypercorn is not None:
             self._hypercorn.graceful_timeout = self.config.server.shutdown_grace
 
@@ -217,8 +220,11 @@ async def run_gateway(
                 if applied:
                     log.info("gatewayd.db.migrated", applied=[str(m) for m in applied])
             await notifier.status("starting: whatsapp")
+            secrets = await trio.to_thread.run_sync(
+                load_secret, config.auth, config.database.data_dir
+            )
             async with open_backend(config, db) as backend, new_http_client() as http:
-                gateway = _assemble(config, db, backend, http, metrics, notifier)
+                gateway = _assemble(config, db, backend, http, metrics, notifier, secrets)
                 gateway.config_path = config_path
                 gateway.environ = environ
                 await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
@@ -234,6 +240,7 @@ def _assemble(
     http: httpx.AsyncClient,
     metrics: Metrics,
     notifier: Notifier,
+    secrets: AuthSecrets,
 ) -> Gateway:
     """Wire the parts: the supervisor, the forwarder, the use cases' services."""
     holder: list[Gateway] = []
@@ -254,6 +261,8 @@ def _assemble(
         metrics=metrics,
         ai=ai,
         keysync=KeySync(db, settings),
+        secrets=secrets,
+        limits=Limits.from_config(config.auth),
     )
     gateway = Gateway(
         config=config,
@@ -267,6 +276,20 @@ def _assemble(
     )
     holder.append(gateway)
     return gateway
+
+
+async def _purge_revoked_tokens(db: Database, every: float = 3600.0) -> None:
+    """Forget logged-out tokens once they have expired anyway."""
+    while True:
+        await db.wait_available()
+        try:
+            purged = await identity.purge_revoked(db)
+        except GatewayError as exc:
+            log.warning("gatewayd.auth.purge_failed", error=exc.message)
+        else:
+            if purged:
+                log.info("gatewayd.auth.revoked_tokens_purged", count=purged)
+        await trio.sleep(every)
 
 
 async def _run_tasks(
@@ -283,6 +306,7 @@ async def _run_tasks(
             lambda task_status: run_cleanup(lambda: gateway.config, task_status=task_status)
         )
         await nursery.start(gateway.services.keysync.run)
+        nursery.start_soon(_purge_revoked_tokens, gateway.db)
         sim = gateway.backend if isinstance(gateway.backend, SimulatedWhatsApp) else None
         app = create_app(gateway.services, gateway, sim=sim)
         hc = hypercorn_config(config.server.host, config.server.port, config.server.shutdown_grace)

@@ -12,19 +12,23 @@ codes and error bodies in one table.
     ├── PayloadTooLarge              request body over the configured limit (413)
     ├── MediaTooLarge                media over the media limit (413)
     ├── Unauthorized                 missing or wrong credentials (401)
+    │   └── InvalidApiKey            an API key that is unknown or revoked (401)
     ├── Forbidden                    credentials valid, target not yours (403)
     ├── NotFound                     no such route or resource (404)
     │   └── SessionNotFound          no such agent (404)
     ├── SessionNotReady              the agent is not connected (409)
+    │   └── QrTimeout                no QR code came within the wait
     ├── IdempotencyConflict          a send with that Idempotency-Key is open or unknown (409)
     ├── RateLimited                  the agent's send queue is full (429)
+    ├── RateLimitExceeded            a caller's request or login budget is spent (429)
     ├── AgentStopped                 the agent's task tree is gone (503)
     ├── SendTimeout                  a queued send did not go out in time (504)
     ├── UpstreamError                an outbound HTTP call failed
     │   ├── AITimeout                (504)
     │   ├── AIDownstreamError        the AI answered with an error (502)
     │   ├── BadGateway               unreachable / unusable answer (502)
-    │   └── AddressRefused           the URL resolves to a refused address (400)
+    │   ├── AddressRefused           the URL resolves to a refused address (400)
+    │   └── LangchainFailed          /api/v1/langchain/execute failed after its tries
     ├── StoreError                   the database failed (500)
     │   ├── StoreUnavailable         cannot reach the database (503)
     │   └── Conflict                 a uniqueness rule was broken (409)
@@ -75,6 +79,10 @@ class Unauthorized(GatewayError):
     """Missing or invalid credentials."""
 
 
+class InvalidApiKey(Unauthorized):
+    """The API key is not valid or has been revoked."""
+
+
 class Forbidden(GatewayError):
     """Not allowed."""
 
@@ -91,12 +99,32 @@ class SessionNotReady(GatewayError):
     """Session is not connected."""
 
 
+class QrTimeout(SessionNotReady):
+    """No QR code came within the wait."""
+
+
 class IdempotencyConflict(GatewayError):
     """A send with this Idempotency-Key is still in progress, or its outcome is unknown."""
 
 
 class RateLimited(GatewayError):
     """Too many messages are waiting to be sent."""
+
+
+class RateLimitExceeded(GatewayError):
+    """Too many requests; try again later."""
+
+    def __init__(
+        self, message: str = "", *, retry_after: float, limit: int, remaining: int, reset: float
+    ) -> None:
+        super().__init__(message)
+        #: Seconds until one more request is allowed (Retry-After).
+        self.retry_after = retry_after
+        #: The budget, and what is left of it (RateLimit-Limit, RateLimit-Remaining).
+        self.limit = limit
+        self.remaining = remaining
+        #: Seconds until the whole budget is back (RateLimit-Reset).
+        self.reset = reset
 
 
 class AgentStopped(GatewayError):
@@ -125,6 +153,14 @@ class BadGateway(UpstreamError):
 
 class AddressRefused(UpstreamError):
     """The URL resolves to an address that is not allowed."""
+
+
+class LangchainFailed(UpstreamError):
+    """A Langchain execution failed after its tries (``timed_out``: the last try timed out)."""
+
+    def __init__(self, message: str, *, timed_out: bool, details: object = None) -> None:
+        super().__init__(message, details=details)
+        self.timed_out = timed_out
 
 
 class StoreError(GatewayError):

@@ -37,6 +37,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.login_failures = Counter(
+            "gatewayd_login_failures_total",
+            "Refused PIN logins by reason (malformed, wrong_pin, throttled).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("malformed", "wrong_pin", "throttled"):
+            self.login_failures.labels(reason=reason)  # exported at 0 from the start
         # --- agents (the runtime) ---
         self.agents = Gauge("gatewayd_agents", "Agents by status.", ["status"], registry=r)
         self.agent_restarts = Counter(

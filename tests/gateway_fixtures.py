@@ -20,6 +20,9 @@ def make_config(pg_dsn: str, **sections: dict[str, Any]) -> Config:
         "server": {"port": 0, "shutdown_grace": 2.0},
         "database": {"url": pg_dsn, "pool_max": 4},
         "whatsapp": {"mode": "sim"},
+        # A fixed login-token key: the daemon would otherwise keep a generated one in the
+        # data directory (tested in tests/test_identity.py).
+        "auth": {"jwt_secret": "tests-only-jwt-secret-0123456789abcdef"},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
@@ -37,8 +40,9 @@ class Running:
 
 
 @pytest.fixture
-async def gateway_config(pg_dsn: str) -> Config:
-    return make_config(pg_dsn)
+async def gateway_config(pg_dsn: str, request: pytest.FixtureRequest) -> Config:
+    """The sections given by an indirect parametrization override the defaults."""
+    return make_config(pg_dsn, **getattr(request, "param", {}))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The agents API (seeds 001/004) end to end: real HTTP, real database, a real AI
+"""The agents API (docs/contract/agents-api.md) end to end: real HTTP, real database, a real AI
 backend on loopback, and the simulated WhatsApp network."""
 
 from __future__ import annotations

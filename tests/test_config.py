@@ -56,7 +56,8 @@ def test_every_error_is_reported_at_once() -> None:
     """All problems of a file come back together, not just the first."""
     errors = errors_of({"server": {"port": "x", "bogus": 1}, "log": {"level": "loud"}})
     assert sorted(errors) == [
-        "log.level: expected one of debug, info, warning, error, critical, got 'loud'",
+        "log.level: expected one of debug, info, warning, error, critical"
+        " (or trace, warn, fatal), got 'loud'",
         "server.bogus: unknown key",
         "server.port: expected int, got str",
     ]
@@ -133,6 +134,9 @@ def test_every_key_has_an_environment_name() -> None:
                 "database.pool_min": "2",
                 "forwarding.developer_number": "6281234567890",
                 "whatsapp.sim_url": "http://127.0.0.1:4000",
+                "server.base_url": "https://wa.example.com",
+                "auth.jwt_secret": "a-secret-of-at-least-thirty-two-characters",
+                "auth.token_ttl": "3600",
             }
             sample = special.get(f"{section.name}.{field.name}") or samples.get(type(default))
             if sample is None:  # other strings: any value different from the default
@@ -168,6 +172,58 @@ def test_deployed_service_names_are_honoured() -> None:
     assert config.whatsapp.device_dir == "/var/lib/gw/auth"
     assert config.database.url == "postgresql://u:p@db/gw"
     assert config.log.level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [
+        ("trace", "debug"),
+        ("debug", "debug"),
+        ("info", "info"),
+        ("warn", "warning"),
+        ("WARN", "warning"),
+        ("error", "error"),
+        ("fatal", "critical"),
+        (" Warning ", "warning"),
+    ],
+)
+def test_deployed_service_level_names_are_accepted(given: str, level: str) -> None:
+    """LOG_LEVEL and log.level take the deployed service's names (trace, warn, fatal) too."""
+    assert Config.from_mapping({}, {"LOG_LEVEL": given}).log.level == level
+    assert Config.from_mapping({"log": {"level": given}}).log.level == level
+
+
+def test_an_unknown_level_names_the_accepted_ones_and_its_source() -> None:
+    """A level no one knows is an error listing every accepted name, and the variable it came from."""
+    assert errors_of({}, {"LOG_LEVEL": "verbose"}) == [
+        "log.level: expected one of debug, info, warning, error, critical"
+        " (or trace, warn, fatal), got 'verbose' (from $LOG_LEVEL)"
+    ]
+    assert errors_of({"log": {"level": "verbose"}}) == [
+        "log.level: expected one of debug, info, warning, error, critical"
+        " (or trace, warn, fatal), got 'verbose'"
+    ]
+
+
+def test_a_reload_to_a_deployed_level_name_is_a_live_change() -> None:
+    """Reloading with level "trace" is the live change info → debug; "warn" after "warning" is none."""
+    old = Config()
+    changes = diff(old, Config.from_mapping({"log": {"level": "trace"}}))
+    assert [(c.key, c.old, c.new, c.live) for c in changes] == [
+        ("log.level", "info", "debug", True)
+    ]
+    warning = Config.from_mapping({"log": {"level": "warning"}})
+    assert diff(warning, Config.from_mapping({}, {"LOG_LEVEL": "warn"})) == []
+
+
+def test_base_url_must_be_a_base_url() -> None:
+    """server.base_url (APP_BASE_URL) is an http(s) URL without query or fragment, or empty."""
+    for good in ("", "https://wa.example.com", "http://10.0.0.5:3000/gateway/"):
+        assert Config.from_mapping({}, {"APP_BASE_URL": good}).server.base_url == good
+    for bad in ("wa.example.com", "ftp://wa.example.com", "https://wa.example.com/?x=1"):
+        assert errors_of({"server": {"base_url": bad}}) == [
+            f"server.base_url: {bad!r} is not a base URL like https://wa.example.com"
+        ]
 
 
 def test_gatewayd_names_win_over_deployed_names() -> None:
@@ -254,3 +310,17 @@ def test_check_config_prints_the_effective_config_masked(tmp_path: Path) -> None
     assert shown["server"]["port"] == 3999
     assert shown["database"]["url"] == "postgresql://gw:***@db/gw"
     assert "hunter2" not in result.stdout
+
+
+def test_auth_secret_and_limits_are_checked() -> None:
+    """JWT_SECRET sets auth.jwt_secret (masked); a short secret, odd TTL or zero limit is named."""
+    config = Config.from_mapping({}, {"JWT_SECRET": "k" * 32})
+    assert config.auth.jwt_secret == "k" * 32
+    assert effective(config)["auth"]["jwt_secret"] == "***"
+    assert errors_of({"auth": {"jwt_secret": "short", "token_ttl": 1.0}}, {}) == [
+        "auth.jwt_secret: expected at least 32 characters (or empty to generate one)",
+        "auth.token_ttl: expected 60..2592000 seconds, got 1.0",
+    ]
+    assert errors_of({"auth": {"requests_per_minute": 0}}) == [
+        "auth.requests_per_minute: expected >= 1, got 0"
+    ]

@@ -22,12 +22,54 @@ from tests.daemon import ROOT
 from tests.gateway_fixtures import Running
 from tools import openapi_json
 
-DOCUMENTED_PREFIXES = ("/sessions", "/agents/", "/health", "/metrics", "/openapi.json", "/docs")
+DOCUMENTED_PREFIXES = (
+    "/sessions",
+    "/agents/",
+    "/api/v1/",
+    "/health",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+)
+#: The /api/v1 security requirements: a user's credential, none, or the PIN (login only).
+V1_USER_SECURITY = [{"bearer": []}, {"apiKey": []}]
+V1_PUBLIC_SECURITY = ([], [{"pinBasic": []}])
+RATE_LIMIT_HEADERS = {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
 
 
 def document() -> dict[str, Any]:
     value: dict[str, Any] = json.loads((ROOT / "openapi.json").read_text(encoding="utf-8"))
     return value
+
+
+def resolve(doc: dict[str, Any], node: Any) -> Any:
+    while isinstance(node, dict) and "$ref" in node:
+        target: Any = doc
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def app_routes() -> list[Route]:
+    config = Config.from_mapping({"whatsapp": {"mode": "sim"}})
+    services = SimpleNamespace(settings=lambda: config, metrics=None)
+    app = create_app(services, SimpleNamespace(), sim=SimulatedWhatsApp())  # type: ignore[arg-type]
+    routes = []
+    for route in app.routes:
+        assert isinstance(route, Route)
+        routes.append(route)
+    return routes
+
+
+def v1_operations() -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, operation)
+        for path, item in document()["paths"].items()
+        if path.startswith("/api/v1/")
+        for method, operation in item.items()
+        if method != "parameters"
+    ]
 
 
 def documented_operations() -> set[tuple[str, str]]:
@@ -75,12 +117,8 @@ def test_yaml_subset_parser_reads_what_yaml_would_and_refuses_the_rest() -> None
 
 def test_every_route_is_documented_and_every_documented_path_exists() -> None:
     """The app's routes under the documented prefixes and the document's operations are the same set."""
-    config = Config.from_mapping({"whatsapp": {"mode": "sim"}})
-    services = SimpleNamespace(settings=lambda: config, metrics=None)
-    app = create_app(services, SimpleNamespace(), sim=SimulatedWhatsApp())  # type: ignore[arg-type]
     routes: set[tuple[str, str]] = set()
-    for route in app.routes:
-        assert isinstance(route, Route)
+    for route in app_routes():
         path = route.path.replace("{agent_id}", "{agentId}")
         if path.startswith(DOCUMENTED_PREFIXES):
             routes |= {(method, path) for method in route.methods or () if method != "HEAD"}
@@ -117,6 +155,66 @@ def test_document_is_consistent() -> None:
     assert error["required"] == ["code", "message", "traceId"]
 
 
+def test_v1_security_matches_the_credential_each_route_demands() -> None:
+    """Each /api/v1 operation documents a user's credential exactly when its handler needs one."""
+    documented = {(m.upper(), p): op["security"] for m, p, op in v1_operations()}
+    seen = 0
+    for route in app_routes():
+        if not route.path.startswith("/api/v1/"):
+            continue
+        # common.authed and common.public wrap every /api/v1 handler in a closure of theirs.
+        wrapper = route.endpoint.__qualname__.split(".")[0]
+        assert wrapper in ("authed", "public"), route.path
+        for method in route.methods or ():
+            if method == "HEAD":
+                continue
+            seen += 1
+            security = documented[(method, route.path)]
+            if wrapper == "authed":
+                assert security == V1_USER_SECURITY, (method, route.path)
+            else:
+                assert security in V1_PUBLIC_SECURITY, (method, route.path)
+    assert seen == len(documented)
+    schemes = document()["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer"
+    assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "X-API-Key")
+    assert schemes["pinBasic"]["scheme"] == "basic"
+
+
+def test_v1_errors_are_documented_in_the_v1_shape_with_the_v1_codes() -> None:
+    """/api/v1 errors use V1Error and V1ErrorCode, which is exactly the codes /api/v1 answers."""
+    doc = document()
+    schemas = doc["components"]["schemas"]
+    table = {code for _, _, code in http_errors.V1_ERROR_TABLE}
+    produced = table | set(http_errors.V1_HTTP_CODES.values()) | {http_errors.INTERNAL[1]}
+    assert set(schemas["V1ErrorCode"]["enum"]) == produced
+    v1_error = schemas["V1Error"]["properties"]
+    assert v1_error["success"]["enum"] == [False]
+    assert v1_error["error"]["required"] == ["code", "message", "traceId"]
+    assert "details" in v1_error["error"]["properties"]
+    for method, path, operation in v1_operations():
+        responses = operation["responses"]
+        if operation["security"] == V1_USER_SECURITY:
+            assert {"401", "429"} <= set(responses), (method, path)
+        for status, response in responses.items():
+            response = resolve(doc, response)
+            content = response["content"]["application/json"]
+            examples = [content["example"]] if "example" in content else []
+            examples += [e["value"] for e in content.get("examples", {}).values()]
+            assert examples, (method, path, status)
+            if int(status) < 400:
+                assert RATE_LIMIT_HEADERS <= set(response["headers"]), (method, path, status)
+                assert all(e["success"] is True for e in examples), (method, path, status)
+                continue
+            assert content["schema"] == {"$ref": "#/components/schemas/V1Error"}, (method, path)
+            for example in examples:
+                assert example["success"] is False
+                assert example["error"]["code"] in produced, (method, path, status)
+            if status == "429":
+                headers = set(response["headers"])
+                assert RATE_LIMIT_HEADERS | {"Retry-After"} <= headers, (method, path)
+
+
 async def test_openapi_json_is_served_as_the_file(running: Running) -> None:
     """GET /openapi.json answers the document byte for byte."""
     response = await running.client.get("/openapi.json")
@@ -135,7 +233,8 @@ async def test_docs_page_is_self_contained_html_naming_every_path(running: Runni
         assert path in page, path
     for method, path in documented_operations():
         assert f"{method}</span> {path}</h3>" in page, (method, path)
-    for code in document()["components"]["schemas"]["ErrorCode"]["enum"]:
+    schemas = document()["components"]["schemas"]
+    for code in [*schemas["ErrorCode"]["enum"], *schemas["V1ErrorCode"]["enum"]]:
         assert code in page, code
     assert "<script" not in page.lower()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)

@@ -121,7 +121,14 @@ async def test_up_down_up_leaves_the_same_schema(pg_dsn: str) -> None:
         assert [m.version for m in applied] == [m.version for m in discover_migrations()]
         migrated = await db.run(_snapshot)
         tables = {name for name, kind in migrated["relations"] if kind == "r"}
-        assert tables == {"users", "api_keys", "agents", "messages", "ai_executions"}
+        assert tables == {
+            "users",
+            "api_keys",
+            "agents",
+            "messages",
+            "ai_executions",
+            "revoked_tokens",
+        }
 
         reverted = await migrate_down(db, steps=len(applied))
         assert reverted == applied[::-1]
@@ -272,11 +279,11 @@ async def test_the_schema_enforces_its_rules(database: Database) -> None:
 
     with pytest.raises(Conflict, match="agents_status_check"):
         await database.run(lambda c: c.execute("UPDATE agents SET status = 'qr'"))
-    with pytest.raises(Conflict, match="agents_user_id_name_key"):
+    with pytest.raises(Conflict, match="agents_agent_id_key"):
         await database.run(
             _scalar,
             "INSERT INTO agents (agent_id, name, user_id, api_key) "
-            "VALUES ('a2', 'bot', '123', 'k') RETURNING id",
+            "VALUES ('a1', 'other', '123', 'k') RETURNING id",
         )
 
     def execution_survives_message(conn: Connection) -> Any:

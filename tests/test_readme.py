@@ -1,6 +1,6 @@
-"""The README's "## The agents API" section runs as written.
+"""The README's "## The agents API" and "## The /api/v1 walk" sections run as written.
 
-Every ```bash block of the section is run verbatim with ``bash -e``, in order, in a fresh
+Every ```bash block of a section is run verbatim with ``bash -e``, in order, in a fresh
 directory, against a real ``gatewayd run --whatsapp sim`` on localhost:3000 with its own
 database (``DB_URL``). Blocks whose first line is ``# terminal N (keeps running, listens on
 HOST:PORT)`` are long-running servers (the daemon itself, the media server, the tiny AI
@@ -13,6 +13,9 @@ the body must contain.
 To see each call's status without changing the examples, ``curl`` on the blocks' PATH is a
 shim that runs ``/usr/bin/curl`` with the same arguments, records the status and the body,
 and prints the body as curl would.
+
+The agents API's blocks each run in a bash of their own; the /api/v1 walk's run one after the
+other in a single bash, since they pass the PIN, token and session id along in variables.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tests.daemon import ROOT, Daemon
 
 README = ROOT / "README.md"
 SECTION = "## The agents API"
+V1_SECTION = "## The /api/v1 walk"
 CURL = Path("/usr/bin/curl")
 PORTS = (3000, 8000, 8001)
 BACKGROUND = re.compile(r"# terminal \d+ \(keeps running, listens on ([\w.]+):(\d+)\)")
@@ -60,16 +64,16 @@ exit $rc
 """
 
 
-def section_text() -> str:
+def section_text(section: str = SECTION) -> str:
     text = README.read_text(encoding="utf-8")
-    assert SECTION + "\n" in text, f"README.md has no {SECTION!r} section"
-    start = text.index(SECTION + "\n")
-    end = text.find("\n## ", start + len(SECTION))
+    assert section + "\n" in text, f"README.md has no {section!r} section"
+    start = text.index(section + "\n")
+    end = text.find("\n## ", start + len(section))
     return text[start : end if end != -1 else len(text)]
 
 
-def bash_blocks() -> list[str]:
-    return re.findall(r"^```bash\n(.*?)^```$", section_text(), re.MULTILINE | re.DOTALL)
+def bash_blocks(section: str = SECTION) -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```$", section_text(section), re.MULTILINE | re.DOTALL)
 
 
 def matches(expected: Any, actual: Any) -> bool:
@@ -126,7 +130,8 @@ def stop(server: Daemon) -> None:
 
 
 def test_section_holds_the_deployed_services_examples() -> None:
-    """The section has a runnable block for each of 004's examples, in the API's shapes."""
+    """The section has a runnable block for each of the deployed service's examples, in the API's
+    shapes (docs/contract/agents-api.md)."""
     blocks = "\n".join(bash_blocks())
     for needle in (
         "curl -X POST http://localhost:3000/sessions \\",
@@ -153,20 +158,17 @@ async def test_every_example_runs_as_written(
     pg_dsn: str, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """Each bash block of the section runs verbatim against the sim daemon with the documented outcome."""
-    assert CURL.exists(), "tests/test_readme.py needs curl at /usr/bin/curl (apt-get install curl)"
-    busy = [port for port in PORTS if not port_free(port)]
-    assert not busy, (
-        f"port(s) {busy} are in use: the README's examples need 3000, 8000 and 8001 free"
-    )
-    blocks = bash_blocks()
-    assert blocks and BACKGROUND.match(blocks[0]), "the section starts with the daemon's block"
+    await run_section(SECTION, pg_dsn, tmp_path, nursery, one_shell=False)
 
-    shim_dir = tmp_path / "shim"
-    shim_dir.mkdir()
-    (shim_dir / "curl").write_text(SHIM)
-    (shim_dir / "curl").chmod(0o755)
-    work = tmp_path / "work"
-    work.mkdir()
+
+async def test_api_v1_walk_runs_as_written(
+    pg_dsn: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The /api/v1 walk runs verbatim, in one shell, with the documented outcomes."""
+    await run_section(V1_SECTION, pg_dsn, tmp_path, nursery, one_shell=True)
+
+
+def environment(shim_dir: Path, pg_dsn: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYD_") and k not in LEAKY}
     env.update(
         {
@@ -177,9 +179,70 @@ async def test_every_example_runs_as_written(
             "GATEWAYD_LOG_FORMAT": "json",
         }
     )
+    return env
+
+
+class Shell:
+    """One ``bash`` that runs block after block, so variables carry from one to the next (the
+    way a reader runs them, in one terminal). A failing command ends it (``set -e``)."""
+
+    MARK = "__readme_block_done__"
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.output = b""
+
+    @classmethod
+    async def open(cls, cwd: Path, env: dict[str, str]) -> Shell:
+        process = await trio.lowlevel.open_process(
+            ["bash", "-e"], cwd=str(cwd), env=env, stdin=-1, stdout=-1, stderr=-2
+        )
+        return cls(process)
+
+    async def run(self, block: str, record: Path) -> int:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        script = f"export README_CURL_RECORD='{record}'\n{block}\necho {self.MARK}\n"
+        await self.process.stdin.send_all(script.encode())
+        while self.MARK.encode() not in self.output:
+            chunk = await self.process.stdout.receive_some()
+            if not chunk:
+                return await self.process.wait()
+            self.output += chunk
+        self.output = self.output.split(self.MARK.encode(), 1)[1]
+        return 0
+
+    async def close(self) -> None:
+        if self.process.stdin is not None:
+            await self.process.stdin.aclose()
+        with trio.move_on_after(5):
+            await self.process.wait()
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def run_section(
+    section: str, pg_dsn: str, tmp_path: Path, nursery: trio.Nursery, *, one_shell: bool
+) -> None:
+    assert CURL.exists(), "tests/test_readme.py needs curl at /usr/bin/curl (apt-get install curl)"
+    busy = [port for port in PORTS if not port_free(port)]
+    assert not busy, (
+        f"port(s) {busy} are in use: the README's examples need 3000, 8000 and 8001 free"
+    )
+    blocks = bash_blocks(section)
+    assert blocks and BACKGROUND.match(blocks[0]), "the section starts with the daemon's block"
+
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    (shim_dir / "curl").write_text(SHIM)
+    (shim_dir / "curl").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = environment(shim_dir, pg_dsn)
 
     servers: list[Daemon] = []
     previews: list[str] = []
+    shell = await Shell.open(work, env) if one_shell else None
     try:
         for number, block in enumerate(blocks, 1):
             where = f"block {number}:\n{block}"
@@ -205,45 +268,24 @@ async def test_every_example_runs_as_written(
             record = tmp_path / f"calls-{number}"
             record.mkdir()
             with trio.fail_after(30):
-                done = await trio.run_process(
-                    ["bash", "-e", "-c", block],
-                    cwd=str(work),
-                    env={**env, "README_CURL_RECORD": str(record)},
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                )
-            assert done.returncode == 0, f"{where}\nexit {done.returncode}: {done.stderr.decode()}"
-            calls = int((record / "count").read_text()) if (record / "count").exists() else 0
-            expectations = EXPECT.findall(block)
-            assert len(expectations) <= calls, (
-                f"{where}\n{calls} curl call(s) for {len(expectations)} outcomes"
-            )
-            for index, (status, body) in zip(
-                range(calls - len(expectations), calls), expectations, strict=True
-            ):
-                got_status = (record / f"{index}.status").read_text()
-                got_body = (record / f"{index}.body").read_bytes().decode()
-                assert got_status == status, (
-                    f"{where}\nexpected {status}, got {got_status}: {got_body}"
-                )
-                if body.startswith(("{", "[")):
-                    actual = json.loads(got_body)
-                    assert matches(json.loads(body), actual), (
-                        f"{where}\nexpected {body}\ngot {got_body}"
+                if shell is not None:
+                    returncode = await shell.run(block, record)
+                    errors = shell.output.decode(errors="replace")[-2000:]
+                else:
+                    done = await trio.run_process(
+                        ["bash", "-e", "-c", block],
+                        cwd=str(work),
+                        env={**env, "README_CURL_RECORD": str(record)},
+                        capture_stdout=True,
+                        capture_stderr=True,
+                        check=False,
                     )
-                    preview = (
-                        actual.get("data", {}).get("previewPath")
-                        if isinstance(actual.get("data"), dict)
-                        else None
-                    )
-                    if preview:
-                        previews.append(preview)
-                elif body:
-                    assert body in got_body, (
-                        f"{where}\nexpected text {body!r} in:\n{got_body[:2000]}"
-                    )
+                    returncode, errors = done.returncode, done.stderr.decode()
+            assert returncode == 0, f"{where}\nexit {returncode}: {errors}"
+            previews += check_outcomes(where, block, record)
     finally:
+        if shell is not None:
+            await shell.close()
         for server in servers:
             stop(server)
         for server in servers:
@@ -259,3 +301,32 @@ async def test_every_example_runs_as_written(
     assert not [line for line in daemon.lines if line.get("level") in ("error", "critical")], (
         "\n".join(daemon.raw[-40:])
     )
+
+
+def check_outcomes(where: str, block: str, record: Path) -> list[str]:
+    """Check the block's ``# →`` lines against its last curl calls; the preview files made."""
+    previews: list[str] = []
+    calls = int((record / "count").read_text()) if (record / "count").exists() else 0
+    expectations = EXPECT.findall(block)
+    assert len(expectations) <= calls, (
+        f"{where}\n{calls} curl call(s) for {len(expectations)} outcomes"
+    )
+    for index, (status, body) in zip(
+        range(calls - len(expectations), calls), expectations, strict=True
+    ):
+        got_status = (record / f"{index}.status").read_text()
+        got_body = (record / f"{index}.body").read_bytes().decode()
+        assert got_status == status, f"{where}\nexpected {status}, got {got_status}: {got_body}"
+        if body.startswith(("{", "[")):
+            actual = json.loads(got_body)
+            assert matches(json.loads(body), actual), f"{where}\nexpected {body}\ngot {got_body}"
+            preview = (
+                actual.get("data", {}).get("previewPath")
+                if isinstance(actual.get("data"), dict)
+                else None
+            )
+            if preview:
+                previews.append(preview)
+        elif body:
+            assert body in got_body, f"{where}\nexpected text {body!r} in:\n{got_body[:2000]}"
+    return previews

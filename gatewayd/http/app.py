@@ -23,6 +23,9 @@ from gatewayd.http.routes_agents import agents_routes
 from gatewayd.http.routes_docs import docs_routes
 from gatewayd.http.routes_ops import Ops, ops_routes
 from gatewayd.http.routes_sim import InProcess, sim_routes
+from gatewayd.http.v1.agents import agents_v1_routes
+from gatewayd.http.v1.auth import auth_routes
+from gatewayd.http.v1.sessions import sessions_routes
 from gatewayd.usecases.core import Services
 from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
@@ -43,7 +46,16 @@ def create_app(
     """The daemon's HTTP application. ``sim``: the in-process simulated network, whose
     control API (``/_sim/``) is served only then (a simnet process serves its own)."""
     settings: Callable[[], Config] = services.settings
-    routes = [*ops_routes(), *agents_routes(), *docs_routes(), *extra_routes]
+    routes = [
+        *ops_routes(),
+        *agents_routes(),
+        *auth_routes(),
+        # The agent family's literal paths (/api/v1/sessions/create, …) before /{session_id}.
+        *agents_v1_routes(),
+        *sessions_routes(),
+        *docs_routes(settings=settings),
+        *extra_routes,
+    ]
     if sim is not None:
         routes += sim_routes()
     app = Starlette(

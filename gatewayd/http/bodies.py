@@ -127,14 +127,14 @@ def media_message(body: Mapping[str, Any], *, max_bytes: int) -> MediaMessage:
 
 
 def parse_run_request(body: object, *, default_country_code: str = "62") -> RunRequest:
-    """Validate a /run body: 001's ``{message, sessionId, …}`` or 004's
-    ``{input, parameters, session_id}``. Where both spellings are present, 001's wins.
+    """Validate a /run body: the ``{message, sessionId, …}`` form or the ``{input, parameters, session_id}`` form
+    (docs/contract/agents-api.md §14.2). Where both spellings are present, the first form's wins.
     Unknown keys are ignored. Raises InvalidPayload (InvalidRecipient for the session)."""
     if not isinstance(body, dict):
         raise InvalidPayload("body must be a JSON object")
     key = "message" if "message" in body else "input" if "input" in body else None
     if key is None:
-        raise InvalidPayload("message is required (or input, in the 004 form)")
+        raise InvalidPayload("message is required (or input)")
     message = body[key]
     if not isinstance(message, str):
         raise InvalidPayload(f"{key} must be a string, not {_json_type(message)}")

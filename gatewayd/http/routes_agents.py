@@ -18,7 +18,7 @@ from gatewayd.http import bodies
 from gatewayd.http.request import bearer_token, optional_bearer, read_json, services, trace_id
 from gatewayd.jid import to_contract_jid
 from gatewayd.store.agents import AgentRecord
-from gatewayd.usecases import messaging, sessions
+from gatewayd.usecases import messaging, pairing, sessions
 from gatewayd.usecases.core import Services
 from gatewayd.whatsapp.qr import QrSnapshot, QrState
 
@@ -145,10 +145,25 @@ async def session_qr(request: Request) -> Response:
         {
             "agentId": agent_id,
             "status": "awaiting_qr",
-            "qr": await qr_image(snapshot),
+            # The payload too: what `gatewayd qr` draws in a terminal.
+            "qr": {**(await qr_image(snapshot) or {}), "payload": snapshot.payload},
             "expiresIn": round(snapshot.expires_in(), 1),
         }
     )
+
+
+async def session_pair_code(request: Request) -> Response:
+    found = _admin(request)
+    agent_id = bodies.agent_id(request.path_params["agent_id"])
+    phone = bodies.recipient(await read_json(request), "phone")
+    code = await pairing.request_pair_code(
+        found.agents,
+        agent_id,
+        phone,
+        default_country_code=found.config.whatsapp.default_country_code,
+    )
+    data = {"agentId": agent_id, "pairCode": code.code, "expiresIn": round(code.expires_in, 1)}
+    return ok(data, message="Type this code on the phone: Linked devices → Link with phone number")
 
 
 # --------------------------------------------------------------------------- agents
@@ -215,6 +230,7 @@ def agents_routes() -> list[BaseRoute]:
         Route("/sessions/{agent_id}", delete_session, methods=["DELETE"]),
         Route("/sessions/{agent_id}/reconnect", reconnect_session, methods=["POST"]),
         Route("/sessions/{agent_id}/qr", session_qr, methods=["POST"]),
+        Route("/sessions/{agent_id}/pair-code", session_pair_code, methods=["POST"]),
         Route("/agents/{agent_id}/messages", send_message, methods=["POST"]),
         Route("/agents/{agent_id}/media", send_media, methods=["POST"]),
         Route("/agents/{agent_id}/run", run_agent, methods=["POST"]),

@@ -51,6 +51,11 @@ class TokenBucket:
             raise trio.WouldBlock
         self._tokens = max(0.0, self._tokens - 1.0)
 
+    def put_back(self) -> None:
+        """Return a token taken by :meth:`take_nowait` for something that did not count."""
+        self._refill()
+        self._tokens = min(float(self._burst), self._tokens + 1.0)
+
     async def take(self) -> None:
         """Wait until a token is available and take it."""
         while True:

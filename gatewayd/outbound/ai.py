@@ -1,4 +1,4 @@
-"""The AI backend client (seed 001 §8, §14.2) and the /run request it serves.
+"""The AI backend client (docs/contract/agents-api.md §8, §14.2) and the /run request it serves.
 
 One POST per call: JSON body, ``Authorization: Bearer <agent key>``, ``X-Request-ID:
 <traceId>``, a deadline for the whole exchange. The answer is read up to a cap; the
@@ -6,8 +6,8 @@ minimal answer the contract processes is ``{"reply": "..."}``.
 
 Which answers carry a reply. The contract names only ``reply``. We also read
 ``{"data": {"reply": …}}`` (the envelope this project and many backends wrap answers in)
-and ``{"output": …}`` (what agent runners in seed 004's ``input``/``parameters`` style
-answer with), in that order. A reply must be a non-blank string; anything else means
+and ``{"output": …}`` (what agent runners answer to the ``input``/``parameters`` form of
+docs/contract/agents-api.md §14.2), in that order. A reply must be a non-blank string; anything else means
 "no reply" rather than an error, as the deployed service behaves. An empty 2xx body is
 ``{}`` (no reply) for the same reason; a body that is not a JSON object is BadGateway.
 
@@ -184,7 +184,7 @@ def build_run_payload(
     chat_name: str | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Seed 001 §14.2's body. Options left None are omitted; ``sessionId`` is a JID in the
+    """The body of docs/contract/agents-api.md §14.2. Options left None are omitted; ``sessionId`` is a JID in the
     contract's ``@c.us`` spelling; ``whatsapp_name``/``chat_name`` go into ``metadata``
     (which is always present, as the contract's example shows)."""
     body: dict[str, Any] = {"message": message}

@@ -156,9 +156,11 @@ async def open_checked(
     *,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
+    content: bytes | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - httpx's per-operation timeout
 ) -> AsyncIterator[httpx.Response]:
-    """Send one request to ``checked`` and yield the streaming response (closed on exit).
+    """Send one request to ``checked`` (with ``content`` as its body, if given) and yield the
+    streaming response (closed on exit).
 
     Never follows redirects. For http the connection goes to a checked address (each in
     turn while connecting fails), with the original Host header; httpx errors propagate.
@@ -174,6 +176,7 @@ async def open_checked(
             method,
             target,
             headers=extra,
+            content=content,
             timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
         )
         try:

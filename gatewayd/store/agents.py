@@ -1,8 +1,13 @@
-"""The agents table: one row per WhatsApp account, its status and its device."""
+"""The agents table: one row per WhatsApp account, its status and its device.
+
+An agent is identified by ``id`` (the /api/v1 session id) or ``agent_id`` (the agents-API path
+id), both unique. ``name`` is a label: one user's agents may share it (sql/006_agent_names).
+"""
 
 from __future__ import annotations
 
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +32,7 @@ STATUSES = (
 _COLUMNS = (
     "id, agent_id, name, user_id, api_key, endpoint_url_run, webhook_url, status, status_reason,"
     " last_connected_at, last_disconnected_at, phone_number, lid, device_jid, device_info,"
-    " created_at, updated_at"
+    " created_at, updated_at, connected_seconds"
 )
 
 
@@ -50,6 +55,8 @@ class AgentRecord:
     device_info: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    #: Seconds spent connected in stretches that have ended (see ``set_status``).
+    connected_seconds: float = 0.0
 
 
 def _get(conn: Connection, agent_id: str) -> AgentRecord | None:
@@ -71,13 +78,29 @@ async def create_agent(
     api_key: str,
     endpoint_url_run: str | None = None,
     webhook_url: str | None = None,
+    agent_uuid: uuid.UUID | None = None,
+    status: str = "awaiting_qr",
 ) -> AgentRecord:
+    """Insert an agent; ``agent_uuid`` chooses its id (else the database draws one)."""
+    assert status in STATUSES, status
+
     def work(conn: Connection) -> AgentRecord:
         with conn.cursor(row_factory=class_row(AgentRecord)) as cur:
             cur.execute(
-                f"INSERT INTO agents (agent_id, name, user_id, api_key, endpoint_url_run, webhook_url)"
-                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (agent_id, name, user_id, api_key, endpoint_url_run, webhook_url),
+                "INSERT INTO agents"
+                " (id, agent_id, name, user_id, api_key, endpoint_url_run, webhook_url, status)"
+                " VALUES (COALESCE(%s, gen_random_uuid()), %s, %s, %s, %s, %s, %s, %s)"
+                f" RETURNING {_COLUMNS}",
+                (
+                    agent_uuid,
+                    agent_id,
+                    name,
+                    user_id,
+                    api_key,
+                    endpoint_url_run,
+                    webhook_url,
+                    status,
+                ),
             )
             row = cur.fetchone()
             assert row is not None
@@ -102,18 +125,45 @@ async def list_restorable(db: Database) -> list[AgentRecord]:
     return await db.run(work)
 
 
+# Ends the connected stretch the row holds, if any (SET expressions see the old row): it is
+# added to connected_seconds only when this run of the daemon (``_run_of``) began it. A row
+# left 'connected' by a daemon that was killed carries another run's token, and its stretch,
+# whose end nobody recorded, is dropped rather than stretched over the time the daemon was
+# down. The same applies on connected -> connected (a restart, or a restore after a crash).
+_END_STRETCH = (
+    "connected_seconds = connected_seconds + CASE WHEN status = 'connected'"
+    " AND connected_run = %(run)s AND last_connected_at IS NOT NULL"
+    " THEN greatest(0, extract(epoch FROM now() - last_connected_at))::double precision"
+    " ELSE 0 END"
+)
+
+_runs: weakref.WeakKeyDictionary[Database, uuid.UUID] = weakref.WeakKeyDictionary()
+
+
+def _run_of(db: Database) -> uuid.UUID:
+    """A token for this run of the daemon: one per open database (the daemon opens one)."""
+    run = _runs.get(db)
+    if run is None:
+        run = _runs[db] = uuid.uuid4()
+    return run
+
+
 async def set_status(db: Database, agent_uuid: uuid.UUID, status: str, reason: str | None) -> None:
-    """Persist a status transition with the timestamp that goes with it."""
+    """Persist a status transition with the timestamps that go with it; leaving (or
+    re-entering) ``connected`` adds the ended stretch to ``connected_seconds``."""
     assert status in STATUSES, status
+    params = {"s": status, "r": reason, "id": agent_uuid, "run": _run_of(db)}
 
     def work(conn: Connection) -> None:
         conn.execute(
             "UPDATE agents SET status = %(s)s, status_reason = %(r)s, updated_at = now(),"
+            f" {_END_STRETCH},"
             " last_connected_at = CASE WHEN %(s)s = 'connected' THEN now() ELSE last_connected_at END,"
+            " connected_run = CASE WHEN %(s)s = 'connected' THEN %(run)s ELSE NULL END,"
             " last_disconnected_at = CASE WHEN %(s)s <> 'connected' AND status = 'connected'"
             "   THEN now() ELSE last_disconnected_at END"
             " WHERE id = %(id)s",
-            {"s": status, "r": reason, "id": agent_uuid},
+            params,
         )
 
     await db.run(work)
@@ -122,11 +172,14 @@ async def set_status(db: Database, agent_uuid: uuid.UUID, status: str, reason: s
 async def mark_all_disconnected(db: Database, agent_uuids: list[uuid.UUID], reason: str) -> None:
     """One statement for a whole shutdown: connected agents become disconnected."""
 
+    params = {"r": reason, "ids": agent_uuids, "run": _run_of(db)}
+
     def work(conn: Connection) -> None:
         conn.execute(
-            "UPDATE agents SET status = 'disconnected', status_reason = %s, updated_at = now(),"
-            " last_disconnected_at = now() WHERE id = ANY(%s) AND status = 'connected'",
-            (reason, agent_uuids),
+            "UPDATE agents SET status = 'disconnected', status_reason = %(r)s, updated_at = now(),"
+            f" {_END_STRETCH}, connected_run = NULL,"
+            " last_disconnected_at = now() WHERE id = ANY(%(ids)s) AND status = 'connected'",
+            params,
         )
 
     await db.run(work)

@@ -16,13 +16,16 @@ import httpx
 import structlog
 import trio
 
-from gatewayd.config import Config
+from gatewayd.config import AuthConfig, Config
 from gatewayd.errors import GatewayError
+from gatewayd.limits import KeyedLimiter, LoginThrottle
 from gatewayd.metrics import Metrics
 from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.commands import Outgoing, Sent
 from gatewayd.store import keys as keys_store
 from gatewayd.store.db import Database
+from gatewayd.usecases.identity import IdentityConfig
+from gatewayd.usecases.tokens import AuthSecrets
 
 if TYPE_CHECKING:
     from gatewayd.nursery.agent import AgentHandle
@@ -38,6 +41,8 @@ class Agents(Protocol):
     async def start(self, agent_id: str) -> AgentHandle: ...
 
     async def new_pairing(self, agent_id: str) -> AgentHandle: ...
+
+    async def restart(self, agent_id: str) -> AgentHandle: ...
 
     async def logout(self, agent_id: str) -> bool: ...
 
@@ -99,6 +104,35 @@ class KeySync:
 
 
 @attrs.frozen
+class Limits:
+    """The /api/v1 request budgets (docs/contract/api-v1.md §4.6, §9)."""
+
+    #: Per authenticated user.
+    users: KeyedLimiter
+    #: Per client address, for routes without a user and for refused credentials.
+    anonymous: KeyedLimiter
+    #: Failed PIN logins, per client address and in total.
+    logins: LoginThrottle
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> Limits:
+        return cls(
+            users=KeyedLimiter(auth.requests_per_minute),
+            anonymous=KeyedLimiter(auth.anonymous_requests_per_minute),
+            logins=LoginThrottle(
+                auth.login_attempts_per_minute, auth.login_attempts_global_per_minute
+            ),
+        )
+
+    def reconfigure(self, auth: AuthConfig) -> None:
+        self.users.reconfigure(auth.requests_per_minute)
+        self.anonymous.reconfigure(auth.anonymous_requests_per_minute)
+        self.logins.reconfigure(
+            auth.login_attempts_per_minute, auth.login_attempts_global_per_minute
+        )
+
+
+@attrs.frozen
 class Services:
     """The daemon as the use cases see it."""
 
@@ -109,6 +143,13 @@ class Services:
     metrics: Metrics
     ai: AiCaller
     keysync: KeySync
+    secrets: AuthSecrets = attrs.field(repr=False)
+    limits: Limits
+
+    @property
+    def identity(self) -> IdentityConfig:
+        """The identity use cases' settings, with the live token lifetime."""
+        return IdentityConfig.from_config(self.settings().auth, self.secrets)
 
     @property
     def config(self) -> Config:

@@ -7,6 +7,7 @@ Both HTTP dialects call these; nothing here knows about requests or responses.
 from __future__ import annotations
 
 import hmac
+import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ import attrs
 import structlog
 import trio
 
-from gatewayd.errors import Conflict, InvalidPayload, SessionNotFound, SessionNotReady, Unauthorized
+from gatewayd.errors import Conflict, InvalidPayload, QrTimeout, SessionNotFound, Unauthorized
 from gatewayd.store import agents as agents_store
 from gatewayd.store import keys as keys_store
 from gatewayd.usecases.core import Services
@@ -54,6 +55,9 @@ class CreateSession:
     agent_id: str
     agent_name: str
     apikey: str | None = None
+    #: Without a key of the user's and an ``apikey``, give the agent a key of its own (the
+    #: /api/v1 families authenticate users, not agents) instead of refusing.
+    issue_key: bool = False
 
 
 @attrs.frozen
@@ -86,7 +90,7 @@ async def qr_png(snapshot: QrSnapshot | None, state: QrState | None = None) -> b
     return png
 
 
-async def _first_qr(handle: AgentHandle, wait: float) -> QrSnapshot | None:
+async def first_qr(handle: AgentHandle, wait: float) -> QrSnapshot | None:
     if handle.qr.latest is not None:
         return handle.qr.latest
     return await handle.qr.wait_next(wait)
@@ -99,6 +103,8 @@ async def create_session(services: Services, request: CreateSession) -> CreatedS
     user_id, agent_id, agent_name = request.user_id, request.agent_id, request.agent_name
     table = services.config.database.api_keys_table
     key = await keys_store.latest_active_key(db, table, user_id) or request.apikey
+    if not key and request.issue_key:
+        key = agent_key()
     if not key:
         raise InvalidPayload("No active API key for this user and no 'apikey' in the body")
     existing = await agents_store.get_agent(db, agent_id)
@@ -117,7 +123,7 @@ async def create_session(services: Services, request: CreateSession) -> CreatedS
             existing.id,
             name=agent_name,
             api_key=key,
-            endpoint_url_run=existing.endpoint_url_run or _seeded_endpoint(services, agent_id),
+            endpoint_url_run=existing.endpoint_url_run or seeded_endpoint(services, agent_id),
         )
         created = False
     else:
@@ -127,17 +133,22 @@ async def create_session(services: Services, request: CreateSession) -> CreatedS
             name=agent_name,
             user_id=user_id,
             api_key=key,
-            endpoint_url_run=_seeded_endpoint(services, agent_id),
+            endpoint_url_run=seeded_endpoint(services, agent_id),
         )
         created = True
     handle = await agents.start(agent_id)
-    qr = await _first_qr(handle, services.config.sessions.create_qr_wait)
+    qr = await first_qr(handle, services.config.sessions.create_qr_wait)
     record = await agents_store.get_agent(db, agent_id)
     assert record is not None
     return CreatedSession(created, False, record, qr)
 
 
-def _seeded_endpoint(services: Services, agent_id: str) -> str | None:
+def agent_key() -> str:
+    """A key of the agent's own: what its AI backend receives as the Bearer token."""
+    return "gwa_" + secrets.token_urlsafe(32)
+
+
+def seeded_endpoint(services: Services, agent_id: str) -> str | None:
     """``${AI_BACKEND_URL}/agents/{agentId}/execute`` (docs/contract/agents-api.md), or None
     without a backend URL."""
     base = services.config.ai.backend_url.rstrip("/")
@@ -172,9 +183,9 @@ async def reconnect_session(services: Services, agent_id: str) -> QrSnapshot | N
     if await agents_store.get_agent(services.db, agent_id) is None:
         raise SessionNotFound(f"No session for agent {agent_id!r}")
     handle = await services.agents.new_pairing(agent_id)
-    snapshot = await _first_qr(handle, services.config.sessions.qr_wait)
+    snapshot = await first_qr(handle, services.config.sessions.qr_wait)
     if snapshot is None:
-        raise SessionNotReady(f"No QR within {services.config.sessions.qr_wait:g} s")
+        raise QrTimeout(f"No QR within {services.config.sessions.qr_wait:g} s")
     return snapshot
 
 
@@ -189,9 +200,9 @@ async def force_qr(services: Services, agent_id: str) -> QrSnapshot | None:
         return None
     if handle is None or handle.terminal or record.device_jid is not None:
         handle = await services.agents.new_pairing(agent_id)
-    snapshot = await _first_qr(handle, services.config.sessions.qr_wait)
+    snapshot = await first_qr(handle, services.config.sessions.qr_wait)
     if snapshot is None:
-        raise SessionNotReady(f"No QR within {services.config.sessions.qr_wait:g} s")
+        raise QrTimeout(f"No QR within {services.config.sessions.qr_wait:g} s")
     return snapshot
 
 

@@ -1,0 +1,205 @@
+"""Sessions as their user sees them: the /api/v1 families (docs/contract/api-v1.md §7, §8).
+
+Every lookup goes through ``gatewayd.store.owned``, which answers only the authenticated user's
+rows: another user's session is ``SessionNotFound``, exactly like a missing one. A session of
+either family is the same agent the agents API sees.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import attrs
+import trio
+
+from gatewayd.errors import Forbidden, QrTimeout, SessionNotFound
+from gatewayd.nursery.commands import SendKind
+from gatewayd.store import agents as agents_store
+from gatewayd.store import owned
+from gatewayd.store.agents import AgentRecord
+from gatewayd.usecases import messaging
+from gatewayd.usecases.core import Services
+from gatewayd.usecases.sessions import (
+    CreatedSession,
+    CreateSession,
+    SessionState,
+    agent_key,
+    create_session,
+    first_qr,
+    seeded_endpoint,
+    session_state,
+)
+from gatewayd.whatsapp.qr import QrSnapshot
+
+#: How long start/reconnect of a linked session wait to answer ``connected``.
+CONNECT_WAIT = 10.0
+
+
+@attrs.frozen
+class NewSession:
+    name: str
+    webhook_url: str | None = None
+
+
+@attrs.frozen
+class SessionChange:
+    name: str | None = None
+    webhook_url: str | None | owned.Unset = owned.UNSET
+
+
+@attrs.frozen
+class Started:
+    """What a start or reconnect came to: the state now, and the QR to scan if any."""
+
+    state: SessionState
+    qr: QrSnapshot | None
+
+
+@attrs.frozen
+class SendRequest:
+    """``POST /api/v1/sessions/{id}/send``."""
+
+    to: str
+    type: SendKind
+    content: str | None = None
+    media_url: str | None = None
+    quoted_message_id: str | None = None
+    filename: str | None = None
+
+
+def _uuid(session_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(session_id)
+    except ValueError:
+        return None
+
+
+async def owned_session(services: Services, user_id: str, session_id: str) -> AgentRecord:
+    """The user's session with that id; anything else (not a UUID, missing, someone else's)
+    is the same SessionNotFound."""
+    parsed = _uuid(session_id)
+    record = None if parsed is None else await owned.get_session(services.db, user_id, parsed)
+    if record is None:
+        raise SessionNotFound("Session not found")
+    return record
+
+
+async def owned_agent(services: Services, user_id: str, agent_id: str) -> AgentRecord:
+    """The user's session with that ``agentId`` (SessionNotFound otherwise, whoever owns it)."""
+    record = await owned.get_by_agent_id(services.db, user_id, agent_id)
+    if record is None:
+        raise SessionNotFound("Session not found", details={"agentId": agent_id})
+    return record
+
+
+def check_user(principal_user: str, claimed: str | None) -> None:
+    """A body's ``userId`` must be the authenticated user's (the credential decides)."""
+    if claimed is not None and claimed != principal_user:
+        raise Forbidden("userId is not the authenticated user")
+
+
+async def list_sessions(services: Services, user_id: str) -> list[SessionState]:
+    return [session_state(services, r) for r in await owned.list_sessions(services.db, user_id)]
+
+
+async def create(services: Services, user_id: str, new: NewSession) -> AgentRecord:
+    """A session that exists but is not started (no QR until ``start``)."""
+    session_uuid = uuid.uuid4()
+    agent_id = str(session_uuid)
+    return await agents_store.create_agent(
+        services.db,
+        agent_id=agent_id,
+        name=new.name,
+        user_id=user_id,
+        api_key=agent_key(),
+        endpoint_url_run=seeded_endpoint(services, agent_id),
+        webhook_url=new.webhook_url,
+        agent_uuid=session_uuid,
+        status="stopped",  # created, not started: no QR until start
+    )
+
+
+async def update(
+    services: Services, user_id: str, session_id: str, change: SessionChange
+) -> AgentRecord:
+    record = await owned_session(services, user_id, session_id)
+    updated = await owned.update_session(
+        services.db,
+        user_id,
+        record.id,
+        name=change.name if change.name is not None else owned.UNSET,
+        webhook_url=change.webhook_url,
+    )
+    if updated is None:
+        raise SessionNotFound("Session not found")
+    return updated
+
+
+async def _connected_within(services: Services, record: AgentRecord, wait: float) -> SessionState:
+    handle = services.agents.get(record.agent_id)
+    if handle is not None:
+        with trio.move_on_after(wait):
+            await handle.online.wait()
+    fresh = await agents_store.get_agent(services.db, record.agent_id)
+    return session_state(services, fresh or record)
+
+
+async def start(services: Services, record: AgentRecord) -> Started:
+    """Connect with the stored device, or (not linked) wait for the first QR."""
+    running = services.agents.get(record.agent_id)
+    if running is not None and running.connected:
+        return Started(session_state(services, record), None)
+    if record.device_jid is not None and not (running is not None and running.terminal):
+        await services.agents.start(record.agent_id)
+        return Started(await _connected_within(services, record, CONNECT_WAIT), None)
+    handle = (
+        await services.agents.new_pairing(record.agent_id)
+        if running is not None and running.terminal
+        else await services.agents.start(record.agent_id)
+    )
+    snapshot = await first_qr(handle, services.config.sessions.create_qr_wait)
+    if snapshot is None:
+        raise QrTimeout(f"No QR within {services.config.sessions.create_qr_wait:g} s")
+    return Started(session_state(services, record), snapshot)
+
+
+async def reconnect(services: Services, record: AgentRecord) -> Started:
+    """Drop the connection and connect again with the same device; a session without a
+    device answers as ``start`` does, with a QR."""
+    if record.device_jid is None:
+        return await start(services, record)
+    await services.agents.restart(record.agent_id)
+    return Started(await _connected_within(services, record, CONNECT_WAIT), None)
+
+
+async def create_for_agent(
+    services: Services, user_id: str, agent_id: str, agent_name: str
+) -> CreatedSession:
+    """The agent family's create: the legacy create-or-rehydrate, for this user."""
+    return await create_session(
+        services,
+        CreateSession(user_id=user_id, agent_id=agent_id, agent_name=agent_name, issue_key=True),
+    )
+
+
+async def send(
+    services: Services,
+    record: AgentRecord,
+    request: SendRequest,
+    trace_id: str,
+    idempotency_key: str | None = None,
+) -> messaging.SentMessage:
+    if request.type == "text":
+        message = messaging.TextMessage(
+            to=request.to, text=request.content or "", quote_id=request.quoted_message_id
+        )
+        return await messaging.send_text(services, record, message, trace_id, idempotency_key)
+    media = messaging.MediaMessage(
+        to=request.to,
+        kind=request.type,
+        url=request.media_url,
+        caption=None if request.type == "audio" else request.content,
+        filename=request.filename,
+        quote_id=request.quoted_message_id,
+    )
+    return await messaging.send_media(services, record, media, trace_id, idempotency_key)
