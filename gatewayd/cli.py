@@ -12,7 +12,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from gatewayd.config import Config, check_sim_url, effective
+from gatewayd.config import Config, check_sim_url
+from gatewayd.config_changes import effective
 from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.log import capture_stdout, configure_logging
 

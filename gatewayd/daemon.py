@@ -26,7 +26,8 @@ import structlog
 import trio
 
 from gatewayd import log as logsetup
-from gatewayd.config import Change, Config, diff, mask, merge_live
+from gatewayd.config import Config
+from gatewayd.config_changes import Change, diff, mask, merge_live
 from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.http.app import create_app, hypercorn_config, serve_http
 from gatewayd.metrics import Metrics

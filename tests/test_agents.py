@@ -13,10 +13,10 @@ import trio.testing
 from gatewayd.config import Config
 from gatewayd.errors import RateLimited, SessionNotReady
 from gatewayd.metrics import Metrics
-from gatewayd.nursery.agent import AgentHandle
 from gatewayd.nursery.agents import AgentSupervisor, record_only
 from gatewayd.nursery.bus import BusEvent, EventBus
 from gatewayd.nursery.commands import Outgoing
+from gatewayd.nursery.handle import AgentHandle
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
 from gatewayd.store.db import Database

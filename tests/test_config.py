@@ -10,7 +10,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from gatewayd.config import Config, diff, effective, merge_live
+from gatewayd.config import Config
+from gatewayd.config_changes import diff, effective, merge_live
 from gatewayd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import trio.testing
 
 from gatewayd.config import Config
 from gatewayd.errors import AgentStopped, GatewayError, IdempotencyConflict
-from gatewayd.nursery.agent import AgentHandle
 from gatewayd.nursery.commands import Outgoing
+from gatewayd.nursery.handle import AgentHandle
 from gatewayd.nursery.inbound import InboundWriter
 from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store

@@ -22,9 +22,9 @@ from gatewayd.errors import (
     WhatsAppError,
 )
 from gatewayd.metrics import Metrics
-from gatewayd.nursery.agent import AgentHandle
 from gatewayd.nursery.agents import AgentSupervisor
 from gatewayd.nursery.bus import EventBus
+from gatewayd.nursery.handle import AgentHandle
 from gatewayd.store import agents as agents_store
 from gatewayd.store.db import Database
 from gatewayd.usecases.pairing import AlreadyConnected, request_pair_code

@@ -25,35 +25,23 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
-import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import attrs
-import outcome
 import structlog
 import trio
 
 from gatewayd import textsafe
 from gatewayd.errors import (
-    AgentStopped,
-    GatewayError,
-    NotConnected,
-    SendOutcomeUnknown,
-    StoreError,
     StoreUnavailable,
 )
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.nursery.bus import BusEvent
-from gatewayd.nursery.commands import Outgoing, SendCommand, Sent, result_of
-from gatewayd.nursery.paircode import PAIR_CODE_WAIT, request_code
-from gatewayd.nursery.ratelimit import TokenBucket
+from gatewayd.nursery.handle import AgentHandle
+from gatewayd.nursery.sending import Sending
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
-from gatewayd.store.db import Database
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import after_unavailable, wait_for_database
 from gatewayd.whatsapp.port import (
@@ -66,141 +54,22 @@ from gatewayd.whatsapp.port import (
     LoggedOut,
     MessageReceived,
     MessageUnreadable,
-    PairCode,
     Paired,
     PairingError,
     PairingFailed,
     QrCode,
     Receipt,
-    SendResult,
     StreamReplaced,
     TemporaryBan,
-    WhatsAppClient,
 )
-from gatewayd.whatsapp.qr import QrState
 
 if TYPE_CHECKING:
     from gatewayd.nursery.agents import AgentSupervisor
 
 log = structlog.get_logger()
 
-#: What the forwarder decides for one persisted inbound message: its final outcome, or a
-#: reply to queue (the message is handled once the reply went out or definitively failed).
-Forward = Callable[["AgentHandle", StoredInbound], Awaitable["str | Outgoing"]]
 
-
-@attrs.define(eq=False)
-class AgentHandle:
-    """What the supervisor and HTTP hold of a running agent."""
-
-    agent_id: str
-    id: uuid.UUID
-    record: agents_store.AgentRecord
-    client: WhatsAppClient
-    commands: trio.MemorySendChannel[SendCommand]
-    _commands_receive: trio.MemoryReceiveChannel[SendCommand]
-    bucket: TokenBucket
-    qr: QrState = attrs.field(factory=QrState)
-    status: str = "disconnected"
-    status_reason: str | None = None
-    connected: bool = False
-    #: Set while connected (what the outbox waits for).
-    online: trio.Event = attrs.field(factory=trio.Event)
-    #: Set when a row is queued for the outbox.
-    outbox_wake: trio.Event = attrs.field(factory=trio.Event)
-    #: Where the inbound writer hands this agent's newly stored messages (the running tree's
-    #: forwarder); None between trees — those rows are picked up by the next tree's scan.
-    inbound: trio.MemorySendChannel[StoredInbound] | None = None
-    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    #: Set by the client loop when the connection ended for good (terminal event).
-    terminal: bool = False
-    restarts: int = 0
-
-    @classmethod
-    def create(
-        cls,
-        record: agents_store.AgentRecord,
-        client: WhatsAppClient,
-        *,
-        queue_size: int,
-        rate_per_minute: float,
-        burst: int,
-    ) -> AgentHandle:
-        send, receive = trio.open_memory_channel[SendCommand](queue_size)
-        return cls(
-            agent_id=record.agent_id,
-            id=record.id,
-            record=record,
-            client=client,
-            commands=send,
-            commands_receive=receive,
-            bucket=TokenBucket(rate_per_minute, burst),
-            # Unknown until the tree says otherwise: the persisted status may be stale
-            # (a crash, a shutdown), and the first transition must always be written.
-            status="unknown",
-            status_reason=None,
-        )
-
-    def queue_depth(self) -> int:
-        return self.commands.statistics().current_buffer_used
-
-    def take_queued(self) -> list[SendCommand]:
-        """Remove and return the commands still waiting (the agent is stopping)."""
-        taken: list[SendCommand] = []
-        while True:
-            try:
-                taken.append(self._commands_receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return taken
-
-    async def pair_code(
-        self,
-        phone: str,
-        *,
-        default_country_code: str = "62",
-        timeout: float = PAIR_CODE_WAIT,  # noqa: ASYNC109 - a bound on the whole request
-    ) -> PairCode:
-        """A code to type on ``phone`` to link it instead of scanning the QR.
-
-        Waits up to ``timeout`` s for the pairing's first QR and for WhatsApp's answer.
-        ``InvalidRecipient`` for a bad number; ``NotConnected`` when the agent is not pairing
-        (connected, stopped, failed); ``WhatsAppError`` when WhatsApp refuses or is too slow.
-        """
-        return await request_code(
-            self, phone, default_country_code=default_country_code, timeout=timeout
-        )
-
-    def set_connected(self, connected: bool) -> None:
-        self.connected = connected
-        if connected:
-            self.online.set()
-        elif self.online.is_set():
-            self.online = trio.Event()
-
-
-async def refuse_queued(db: Database, command: SendCommand, reason: str) -> None:
-    """Answer a command that will never be sent, and free its row's key."""
-    _answer(command, outcome.Error(AgentStopped(f"The message was not sent: {reason}")))
-    await _release_shielded(db, command.row_id, reason)
-
-
-async def _release_shielded(db: Database, row_id: int, reason: str) -> None:
-    with trio.CancelScope(shield=True), trio.move_on_after(5):
-        try:
-            await outbound_store.release_key(db, row_id, reason)
-        except StoreError:
-            pass  # still "pending": the next start records it as failed
-
-
-def _answer(command: SendCommand, result: outcome.Outcome[Sent]) -> None:
-    try:
-        command.reply.send_nowait(result)
-    except (trio.BrokenResourceError, trio.WouldBlock):
-        pass  # the caller gave up waiting (timeout, disconnect): nobody to tell
-
-
-class AgentTree:
+class AgentTree(Sending):
     """Runs one agent's tree for the supervisor (shared dependencies live there)."""
 
     def __init__(self, supervisor: AgentSupervisor, handle: AgentHandle) -> None:
@@ -419,195 +288,6 @@ class AgentTree:
             else:
                 handle.set_connected(False)
                 await self.set_status(*_ended_status(event))
-
-    # ------------------------------------------------------------------ sending
-
-    async def _send_worker(self) -> None:
-        handle = self.handle
-        while True:
-            # Take the token before the command: the channel buffer then holds exactly
-            # queue_size waiting commands, and the next caller is refused at once.
-            await handle.bucket.take()
-            command = await handle._commands_receive.receive()
-            answered = False
-            try:
-                with structlog.contextvars.bound_contextvars(traceId=command.trace_id):
-                    result = await self._deliver(
-                        command.row_id, command.message, command.trace_id, resumable=False
-                    )
-                _answer(command, outcome.Value(result))
-                answered = True
-            except GatewayError as exc:
-                log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
-                _answer(command, outcome.Error(exc))
-                answered = True
-            finally:
-                if not answered:
-                    # Cancelled or crashed mid-send: the caller must not wait forever, and a
-                    # row WhatsApp never had frees its key (one it may have is "unknown").
-                    _answer(command, outcome.Error(AgentStopped("The agent stopped while sending")))
-                    await _release_shielded(self.sup.db, command.row_id, "the agent stopped")
-
-    async def _outbox(self) -> None:
-        """Send the agent's queued rows (AI replies, reports) whenever it is connected."""
-        handle, db = self.handle, self.sup.db
-        while True:
-            await handle.online.wait()
-            wake = handle.outbox_wake = trio.Event()  # before reading: no wake-up is missed
-            rows = await wait_for_database(db, lambda: outbound_store.queued(db, handle.id, 50))
-            if not rows:
-                await wake.wait()
-                continue
-            for row in rows:
-                # Stop at the first row that is not settled: replies keep their order.
-                if not handle.connected or not await self._send_queued(row):
-                    break
-
-    async def _send_queued(self, row: outbound_store.OutboundRow) -> bool:
-        """Send one queued row; False when it is still queued (try again later)."""
-        handle, db = self.handle, self.sup.db
-        max_age = self.sup.config().agents.reply_max_age
-        age = (datetime.now(UTC) - row.created_at).total_seconds()
-        with structlog.contextvars.bound_contextvars(traceId=row.trace_id):
-            if age > max_age:
-                log.warning("gatewayd.send.expired", rowId=row.row_id, age=round(age))
-                error = f"not sent: the agent was not connected within {max_age:g} s"
-                await wait_for_database(
-                    db, lambda: outbound_store.finish(db, row.row_id, "expired", error)
-                )
-                self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_expired")
-                return True
-            await handle.bucket.take()
-            try:
-                await self._deliver(row.row_id, row.message, row.trace_id, resumable=True)
-            except NotConnected:
-                return False  # queued again; sent after the next Connected
-            except StoreUnavailable:
-                await after_unavailable(self.sup.db)
-                return False
-            except SendOutcomeUnknown as exc:
-                log.warning("gatewayd.send.unknown", error=exc.message)
-                self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_unknown")
-                return True
-            except GatewayError as exc:
-                log.warning("gatewayd.send.failed", error=exc.message, code=type(exc).__name__)
-                self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_failed")
-                return True
-            self._publish_handled(row.reply_to, row.reply_to_wa_id, "replied")
-            return True
-
-    def _publish_handled(
-        self, inbound_row: int | None, message_id: str | None, result: str
-    ) -> None:
-        if inbound_row is not None:
-            data = {"rowId": inbound_row, "id": message_id, "outcome": result}
-            self.sup.bus.publish(BusEvent(self.handle.agent_id, "handled", data))
-
-    async def _deliver(
-        self, row_id: int, m: Outgoing, trace_id: str | None, *, resumable: bool
-    ) -> Sent:
-        """Send the message of an open row: ``sending`` first, ``sent`` after.
-
-        NotConnected means WhatsApp never had it: a resumable row is queued again, an API
-        send fails. Any other error from WhatsApp ends the row ``failed``. Cancelled (or
-        crashed) while WhatsApp may have it: ``unknown``, never sent again.
-        """
-        handle, db = self.handle, self.sup.db
-        if not handle.connected:
-            raise NotConnected("The WhatsApp session is not connected")
-        if not await outbound_store.mark_sending(db, row_id):
-            raise AgentStopped("The send was cancelled before it went out")
-        try:
-            result = await self._client_send(m)
-        except NotConnected as exc:
-            reason = exc.message
-            if resumable:
-                await wait_for_database(db, lambda: outbound_store.requeue(db, row_id))
-            else:
-                await wait_for_database(
-                    db, lambda: outbound_store.release_key(db, row_id, reason, sending=True)
-                )
-            raise
-        except SendOutcomeUnknown as exc:
-            reason = exc.message
-            await wait_for_database(
-                db, lambda: outbound_store.finish(db, row_id, "unknown", reason)
-            )
-            raise
-        except GatewayError as exc:
-            reason = exc.message
-            failure = {"error": {"type": type(exc).__name__, "message": reason}}
-            await wait_for_database(
-                db, lambda: outbound_store.finish(db, row_id, "failed", reason, failure)
-            )
-            raise
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                try:
-                    await outbound_store.finish(db, row_id, "unknown", "interrupted while sending")
-                except StoreError:
-                    pass  # still "sending": the next start records it as unknown
-            raise
-        sent = result_of(result, row_id)
-        answer = {"messageId": sent.message_id, "timestampMs": sent.timestamp_ms}
-        await wait_for_database(
-            db,
-            lambda: outbound_store.mark_sent(
-                db,
-                row_id,
-                wa_message_id=result.message_id,
-                timestamp_ms=result.timestamp_ms,
-                result=answer,
-            ),
-        )
-        self.sup.metrics.messages_sent.labels(handle.agent_id).inc()
-        self.sup.metrics.wa_messages_sent.labels(handle.agent_id).inc()
-        log.info("gatewayd.send.sent", messageId=result.message_id, kind=m.kind)
-        self.sup.bus.publish(
-            BusEvent(
-                handle.agent_id,
-                "sent",
-                {
-                    "id": result.message_id,
-                    "to": m.to,
-                    "kind": m.kind,
-                    "timestampMs": result.timestamp_ms,
-                    "sentAt": time.time(),
-                },
-            )
-        )
-        return sent
-
-    async def _client_send(self, m: Outgoing) -> SendResult:
-        client = self.handle.client
-        if m.kind == "text":
-            return await client.send_text(m.to, m.text or "", quote=m.quote, mentions=m.mentions)
-        assert m.data is not None
-        if m.kind == "image":
-            return await client.send_image(
-                m.to,
-                m.data,
-                mimetype=m.mimetype or "image/jpeg",
-                caption=m.text,
-                filename=m.filename,
-                quote=m.quote,
-            )
-        if m.kind == "document":
-            return await client.send_document(
-                m.to,
-                m.data,
-                mimetype=m.mimetype or "application/octet-stream",
-                filename=m.filename or "document",
-                caption=m.text,
-                quote=m.quote,
-            )
-        if m.kind == "audio":
-            return await client.send_audio(
-                m.to, m.data, mimetype=m.mimetype or "audio/ogg", ptt=m.ptt, quote=m.quote
-            )
-        return await client.send_video(
-            m.to, m.data, mimetype=m.mimetype or "video/mp4", caption=m.text, quote=m.quote
-        )
 
     # ------------------------------------------------------------------ forwarding
 

@@ -25,10 +25,11 @@ from gatewayd.errors import (
     SessionNotReady,
 )
 from gatewayd.metrics import Metrics
-from gatewayd.nursery.agent import AgentHandle, AgentTree, Forward, refuse_queued
+from gatewayd.nursery.agent import AgentTree
 from gatewayd.nursery.bus import BusEvent, EventBus, message_event
 from gatewayd.nursery.commands import Outgoing, Sent, new_send, replay
 from gatewayd.nursery.groupcommit import GroupCommit
+from gatewayd.nursery.handle import AgentHandle, Forward, refuse_queued
 from gatewayd.nursery.inbound import InboundWriter
 from gatewayd.nursery.unlink import unlink_offline
 from gatewayd.store import agents as agents_store

@@ -35,7 +35,7 @@ from gatewayd.store.retry import wait_for_database
 from gatewayd.whatsapp.port import InboundMessage
 
 if TYPE_CHECKING:
-    from gatewayd.nursery.agent import AgentHandle
+    from gatewayd.nursery.handle import AgentHandle
 
 log = structlog.get_logger()
 

@@ -17,7 +17,7 @@ from gatewayd.jid import normalize_recipient, phone_of
 from gatewayd.whatsapp.port import PAIR_CODE_LIFETIME, PairCode
 
 if TYPE_CHECKING:
-    from gatewayd.nursery.agent import AgentHandle
+    from gatewayd.nursery.handle import AgentHandle
 
 PAIR_CODE_WAIT = 30.0
 """Default longest wait for a pairing's first QR plus WhatsApp's answer with the code."""

@@ -28,7 +28,7 @@ from gatewayd.usecases.identity import IdentityConfig
 from gatewayd.usecases.tokens import AuthSecrets
 
 if TYPE_CHECKING:
-    from gatewayd.nursery.agent import AgentHandle
+    from gatewayd.nursery.handle import AgentHandle
 
 log = structlog.get_logger()
 

@@ -19,7 +19,7 @@ from gatewayd.nursery.paircode import PAIR_CODE_WAIT, pairing_number
 from gatewayd.whatsapp.port import PairCode
 
 if TYPE_CHECKING:
-    from gatewayd.nursery.agent import AgentHandle
+    from gatewayd.nursery.handle import AgentHandle
 
 __all__ = ["AlreadyConnected", "PairCode", "PairingAgents", "request_pair_code"]
 

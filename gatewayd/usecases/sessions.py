@@ -22,7 +22,7 @@ from gatewayd.usecases.core import Services
 from gatewayd.whatsapp.qr import QrSnapshot, QrState, render_qr_png
 
 if TYPE_CHECKING:
-    from gatewayd.nursery.agent import AgentHandle
+    from gatewayd.nursery.handle import AgentHandle
 
 log = structlog.get_logger()
 
