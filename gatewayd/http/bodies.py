@@ -69,6 +69,20 @@ def idempotency_key(value: str | None) -> str | None:
     return value
 
 
+#: A WhatsApp message id, or whatsapp-web.js's serialized ``true_628…@c.us_ID`` form of one.
+_QUOTE_ID = re.compile(r"(?:(?:true|false)_[^_\s]+@[a-z.]+_)?[A-Za-z0-9]{4,64}(?:_\S*)?")
+
+
+def quote_id(body: Mapping[str, Any], key: str) -> str | None:
+    """The id of a message to quote, or None; InvalidPayload naming ``key`` when it cannot be one."""
+    value = text(body, key, required=False, limit=256)
+    if not value:
+        return None
+    if not _QUOTE_ID.fullmatch(value):
+        raise InvalidPayload(f"'{key}' is not a WhatsApp message id", details={"field": key})
+    return value
+
+
 def create_session(body: Mapping[str, Any]) -> CreateSession:
     """``POST /sessions``: ``{userId, agentId, agentName?, apikey?}``."""
     user_id = body.get("userId")
@@ -91,7 +105,7 @@ def text_message(body: Mapping[str, Any]) -> TextMessage:
     return TextMessage(
         to=recipient(body),
         text=required_text(body, "message"),
-        quote_id=text(body, "quoteId", required=False) or None,
+        quote_id=quote_id(body, "quoteId"),
     )
 
 

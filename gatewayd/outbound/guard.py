@@ -23,6 +23,7 @@ Redirects are not followed here; a caller follows them hop by hop through
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 
@@ -98,6 +99,41 @@ class CheckedURL:
         return self.url.host
 
 
+#: A DNS name as it can be resolved: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_http_url(url: str | httpx.URL) -> tuple[httpx.URL, str]:
+    """``url`` parsed, and its host, when it is an absolute http(s) URL that could be fetched.
+
+    Raises InvalidPayload otherwise: a URL that cannot work is the caller's mistake (400), not
+    an upstream failure. The message never quotes the URL (it may carry credentials).
+    """
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.host
+        raw_host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, TypeError, UnicodeError, ValueError):
+        raise InvalidPayload("not a valid URL") from None
+    if parsed.scheme not in SCHEMES:
+        raise InvalidPayload(f"URL scheme must be http or https, not {parsed.scheme or 'none'!r}")
+    if not host:
+        raise InvalidPayload("URL has no host")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise InvalidPayload("URL port must be 1 to 65535")
+    if not _is_ip_literal(raw_host) and (len(raw_host) > 253 or not _HOSTNAME.fullmatch(raw_host)):
+        raise InvalidPayload("URL host is not a valid host name")
+    return parsed, host
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 async def check_url(
     url: str | httpx.URL, *, allow_private: bool, allowed_networks: Iterable[Network] = ()
 ) -> CheckedURL:
@@ -110,15 +146,7 @@ async def check_url(
     BadGateway when the host does not resolve, AddressRefused when any address is refused
     (httpx may connect to any of them, so one bad address refuses the URL).
     """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidPayload(f"not a valid URL: {exc}") from None
-    if parsed.scheme not in SCHEMES:
-        raise InvalidPayload(f"URL scheme must be http or https, not {parsed.scheme or 'none'!r}")
-    host = parsed.host
-    if not host:
-        raise InvalidPayload("URL has no host")
+    parsed, host = parse_http_url(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         # raw_host is the IDNA-encoded (ASCII) form of a non-ASCII name.

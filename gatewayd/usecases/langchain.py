@@ -31,7 +31,7 @@ from gatewayd.errors import AITimeout, BadGateway, GatewayError, InvalidPayload,
 from gatewayd.jid import normalize_recipient, to_contract_jid
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.outbound import map_exceptions, read_capped
-from gatewayd.outbound.guard import SCHEMES, check_url, open_checked
+from gatewayd.outbound.guard import check_url, open_checked, parse_http_url
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.executions import record_execution
 from gatewayd.usecases.core import Services
@@ -222,12 +222,10 @@ def _check_absolute(url: str) -> str:
         "'langchainUrl' must be an absolute http or https URL", details={"field": "langchainUrl"}
     )
     try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+        _, host = parse_http_url(url)
+    except InvalidPayload:
         raise invalid from None
-    if parsed.scheme not in SCHEMES or not parsed.host:
-        raise invalid
-    return parsed.host
+    return host
 
 
 async def _try_once(

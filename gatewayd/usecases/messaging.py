@@ -91,7 +91,7 @@ async def quote_for(services: Services, record: AgentRecord, chat: str, quote_id
     match = _SERIALIZED_ID.match(quote_id)
     message_id = match.group(3) if match else quote_id
     if not re.fullmatch(r"[A-Za-z0-9]{4,64}", message_id):
-        raise InvalidPayload("'quoteId' is not a WhatsApp message id")
+        raise InvalidPayload("The quoted message's id is not a WhatsApp message id")
     stored = await find_by_wa_id(services.db, record.id, message_id)
     own = phone_jid(record.phone_number) if record.phone_number else None
     if stored is not None:

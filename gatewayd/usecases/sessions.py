@@ -26,18 +26,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-SESSION_STATE = {
-    "connected": "CONNECTED",
-    "awaiting_qr": "QR",
-    "disconnected": "DISCONNECTED",
-    "auth_failed": "UNPAIRED",
-    "stopped": "STOPPED",
-    "logged_out": "UNPAIRED",
-    "replaced": "CONFLICT",
-    "banned": "BANNED",
-    "outdated": "OUTDATED",
-}
-
 
 @attrs.frozen
 class CreatedSession:

@@ -6,6 +6,7 @@ too, and the body wins when both carry one.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,8 @@ from gatewayd.store.agents import AgentRecord
 from gatewayd.usecases import langchain, messaging, sessions, user_sessions
 from gatewayd.usecases.identity import Principal
 from gatewayd.usecases.sessions import session_state
+
+_HEADER_TEXT = re.compile(r"[\x20-\x7e]+")
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -174,6 +177,12 @@ async def langchain_execute(request: Request, principal: Principal) -> Response:
     body, record = await _owned(request, principal)
     url = bodies.required_text(body, "langchainUrl", limit=2048)
     api_key = bodies.required_text(body, "apiKey", limit=4096)
+    if _HEADER_TEXT.fullmatch(api_key) is None:
+        # It goes out as ``Authorization: Bearer <apiKey>``: a line break or non-ASCII text
+        # cannot be a header value (nor may it split one into two).
+        raise InvalidPayload(
+            "'apiKey' must be printable ASCII characters", details={"field": "apiKey"}
+        )
     given = body.get("input")
     if not isinstance(given, dict):
         raise InvalidPayload("'input' must be an object", details={"field": "input"})

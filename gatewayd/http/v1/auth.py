@@ -26,7 +26,8 @@ def basic_pin(header: str | None) -> str:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
-        raise Unauthorized("invalid PIN") from None
+        # Not a PIN: still a failed login, throttled, counted and logged as malformed.
+        return ""
     return decoded.partition(":")[0]
 
 

@@ -30,6 +30,7 @@ from gatewayd.usecases.user_sessions import NewSession, SendRequest, SessionChan
 
 _SEND_TYPES = ("text", "image", "document", "audio", "video")
 _URL = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
+_LIMIT = re.compile(r"[0-9]{1,3}")
 
 
 def _name(body: dict[str, Any], key: str = "session_name") -> str:
@@ -138,24 +139,21 @@ async def _started(started: user_sessions.Started, message: str) -> dict[str, An
     return data
 
 
-async def start_session(request: Request, principal: Principal) -> Response:
-    started = await user_sessions.start(services(request), await _owned(request, principal))
+async def _start_answer(started: user_sessions.Started, without_qr: str) -> Response:
     message = (
-        "Please scan the QR code to connect WhatsApp"
-        if started.qr is not None
-        else "Session started"
+        "Please scan the QR code to connect WhatsApp" if started.qr is not None else without_qr
     )
     return ok(await _started(started, message), message)
+
+
+async def start_session(request: Request, principal: Principal) -> Response:
+    started = await user_sessions.start(services(request), await _owned(request, principal))
+    return await _start_answer(started, "Session started")
 
 
 async def reconnect_session(request: Request, principal: Principal) -> Response:
     started = await user_sessions.reconnect(services(request), await _owned(request, principal))
-    message = (
-        "Please scan the QR code to connect WhatsApp"
-        if started.qr is not None
-        else "Session reconnected successfully"
-    )
-    return ok(await _started(started, message), message)
+    return await _start_answer(started, "Session reconnected successfully")
 
 
 async def delete_session(request: Request, principal: Principal) -> Response:
@@ -196,7 +194,7 @@ def _send_request(body: dict[str, Any]) -> SendRequest:
         type=kind,
         content=content,
         media_url=media_url if kind != "text" else None,
-        quoted_message_id=bodies.text(body, "quoted_message_id", required=False, limit=128),
+        quoted_message_id=bodies.quote_id(body, "quoted_message_id"),
         filename=bodies.text(body, "filename", required=False, limit=255),
     )
 
@@ -232,7 +230,8 @@ def _message_query(params: Any) -> MessageQuery:
             "'direction' must be incoming or outgoing", details={"field": "direction"}
         )
     limit_text = params.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 200:
+    # ASCII digits only: str.isdigit() accepts '²' and '５', and int() refuses 5000 digits.
+    if _LIMIT.fullmatch(limit_text) is None or not 1 <= int(limit_text) <= 200:
         raise InvalidPayload("'limit' must be 1-200", details={"field": "limit"})
     return MessageQuery(
         direction=direction,
@@ -258,6 +257,7 @@ def _log_entry(entry: LogEntry) -> dict[str, Any]:
         "media_url": None,
         "is_group": entry.is_group,
         "group_id": entry.group_id,
+        "group_name": None,  # §7.10 names it; group names are not stored
         "quoted_message_id": entry.quoted_message_id,
         "status": entry.status,
         "timestamp": iso(entry.timestamp),
