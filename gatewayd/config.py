@@ -119,6 +119,17 @@ class MediaConfig:
     cleanup_interval: float = attrs.field(default=30 * 60.0, metadata=_live())
     #: Allow media URLs that resolve to loopback/private/link-local addresses.
     allow_private_urls: bool = attrs.field(default=False, metadata=_live())
+    #: Where received media (image, document, audio, video, sticker) is kept. Empty:
+    #: ``media`` in ``database.data_dir``.
+    inbound_dir: str = attrs.field(default="", metadata=_live())
+    #: Received media older than this many seconds is deleted by the cleanup timer.
+    inbound_retention: float = attrs.field(default=7 * 24 * 3600.0, metadata=_live())
+    #: Largest received media downloaded, in bytes; a larger one is marked, not fetched.
+    inbound_max_bytes: int = attrs.field(default=32 * 1024 * 1024, metadata=_live())
+    #: Received media downloaded at once (each held in memory while it arrives).
+    inbound_concurrency: int = attrs.field(default=4, metadata=_restart())
+    #: Seconds a signed media link (``media_url``) works without credentials.
+    link_ttl: float = attrs.field(default=24 * 3600.0, metadata=_live())
 
 
 @attrs.frozen
@@ -166,6 +177,41 @@ class AgentsConfig:
 
 
 @attrs.frozen
+class WebhooksConfig:
+    """The webhook outbox (docs/contract/api-v1.md §12; gatewayd/nursery/webhooks.py)."""
+
+    #: Seconds one try may take, resolving the name to the last byte of the answer.
+    timeout: float = attrs.field(default=30.0, metadata=_live())
+    #: Quick retries after the first try, ``retry_backoff`` s, then twice as long each time.
+    max_retries: int = attrs.field(default=3, metadata=_live())
+    retry_backoff: float = attrs.field(default=1.0, metadata=_live())
+    #: Seconds between the tries after the quick ones; the last value repeats.
+    schedule: list[float] = attrs.field(
+        factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0], metadata=_live()
+    )
+    #: Seconds a delivery is retried from its first try; then it is dead (replayable).
+    max_age: float = attrs.field(default=24 * 3600.0, metadata=_live())
+    #: Tries in flight at once, in all and per session (one dead receiver holds at most
+    #: ``per_session`` of the slots).
+    concurrency: int = attrs.field(default=32, metadata=_restart())
+    per_session: int = attrs.field(default=4, metadata=_live())
+    #: Seconds between two looks for due deliveries when nothing wakes the worker.
+    poll_interval: float = attrs.field(default=1.0, metadata=_live())
+    #: Allow webhook URLs that resolve to loopback/private/link-local addresses.
+    allow_private_urls: bool = attrs.field(default=False, metadata=_live())
+
+
+@attrs.frozen
+class WebSocketConfig:
+    """/ws/sessions: live events for the dashboard."""
+
+    #: Seconds without a frame after which a ping frame is sent.
+    ping_interval: float = attrs.field(default=20.0, metadata=_live())
+    #: Events that may wait per connection; one more closes it with 1013 (too slow).
+    queue: int = attrs.field(default=64, metadata=_live())
+
+
+@attrs.frozen
 class AuthConfig:
     """/api/v1 identity: login tokens, the PIN hash key, and the request limits."""
 
@@ -199,6 +245,8 @@ class Config:
     forwarding: ForwardingConfig = attrs.field(factory=ForwardingConfig)
     sessions: SessionsConfig = attrs.field(factory=SessionsConfig)
     auth: AuthConfig = attrs.field(factory=AuthConfig)
+    webhooks: WebhooksConfig = attrs.field(factory=WebhooksConfig)
+    websocket: WebSocketConfig = attrs.field(factory=WebSocketConfig)
 
     @classmethod
     def from_toml(
@@ -383,6 +431,32 @@ def _check_values(config: Config) -> Iterator[str]:
         yield "whatsapp.default_country_code: expected 1-4 digits, not starting with 0"
     yield from check_sim_url(config.whatsapp)
     yield from _check_auth(config.auth)
+    if config.websocket.ping_interval <= 0 or config.websocket.queue < 1:
+        yield "websocket: ping_interval must be > 0 and queue >= 1"
+    yield from _check_media(config.media)
+    yield from _check_webhooks(config.webhooks)
+
+
+def _check_media(m: MediaConfig) -> Iterator[str]:
+    if m.inbound_retention <= 0:
+        yield f"media.inbound_retention: expected > 0, got {m.inbound_retention}"
+    if m.inbound_max_bytes < 1:
+        yield f"media.inbound_max_bytes: expected >= 1, got {m.inbound_max_bytes}"
+    if not 1 <= m.inbound_concurrency <= 64:
+        yield f"media.inbound_concurrency: expected 1..64, got {m.inbound_concurrency}"
+    if not 60 <= m.link_ttl <= 30 * 24 * 3600:
+        yield f"media.link_ttl: expected 60..2592000 seconds, got {m.link_ttl}"
+
+
+def _check_webhooks(w: WebhooksConfig) -> Iterator[str]:
+    if w.timeout <= 0 or w.retry_backoff < 0 or w.max_age <= 0 or w.poll_interval <= 0:
+        yield "webhooks: timeout, max_age, poll_interval must be > 0 and retry_backoff >= 0"
+    if w.max_retries < 0:
+        yield f"webhooks.max_retries: expected >= 0, got {w.max_retries}"
+    if not w.schedule or any(delay <= 0 for delay in w.schedule):
+        yield "webhooks.schedule: expected at least one delay, each > 0"
+    if w.concurrency < 1 or w.per_session < 1:
+        yield "webhooks.concurrency/per_session: expected >= 1 (per_session is capped by concurrency)"
 
 
 def _check_auth(auth: AuthConfig) -> Iterator[str]:
@@ -415,6 +489,9 @@ LEGACY_ENV: dict[str, str] = {
     "DB_URL": "database.url",
     "LOG_LEVEL": "log.level",
     "JWT_SECRET": "auth.jwt_secret",
+    "WEBHOOK_TIMEOUT_SECONDS": "webhooks.timeout",
+    "WEBHOOK_MAX_RETRIES": "webhooks.max_retries",
+    "WEBHOOK_RETRY_BACKOFF_SECONDS": "webhooks.retry_backoff",
 }
 
 
@@ -475,7 +552,13 @@ def _parse_env(text: str, tp: Any) -> Any:
         except ValueError:
             raise ValueError(f"expected float, got {text!r}") from None
     if origin is list:
-        return [part.strip() for part in text.split(",") if part.strip()]
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if get_args(tp) == (float,):
+            try:
+                return [float(part) for part in parts]
+            except ValueError:
+                raise ValueError(f"expected numbers separated by commas, got {text!r}") from None
+        return parts
     if tp == LogLevel:
         return canonical_level(text)  # its ValueError names the accepted levels
     return text

@@ -30,6 +30,7 @@ from gatewayd.config import Config
 from gatewayd.config_changes import Change, diff, mask, merge_live
 from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.http.app import create_app, hypercorn_config, serve_http
+from gatewayd.media.fetch import InboundMedia
 from gatewayd.metrics import Metrics
 from gatewayd.notify import Notifier
 from gatewayd.nursery.agents import AgentSupervisor
@@ -254,6 +255,16 @@ def _assemble(
     agents = AgentSupervisor(
         db=db, backend=backend, metrics=metrics, bus=bus, config=settings, forward=Forwarder(ai)
     )
+    media = InboundMedia(
+        db=db,
+        agents=agents,
+        bus=bus,
+        settings=settings,
+        secrets=secrets,
+        binds=lambda: holder[0].http_binds,
+    )
+    # A webhook for a received photo carries a link to it, signed afresh at each try.
+    agents.webhooks.media_link = lambda row, kind: media.url(row, kind)
     services = Services(
         db=db,
         agents=agents,
@@ -264,6 +275,9 @@ def _assemble(
         keysync=KeySync(db, settings),
         secrets=secrets,
         limits=Limits.from_config(config.auth),
+        bus=bus,
+        media=media,
+        webhooks=agents.webhooks,
     )
     gateway = Gateway(
         config=config,
@@ -307,6 +321,7 @@ async def _run_tasks(
             lambda task_status: run_cleanup(lambda: gateway.config, task_status=task_status)
         )
         await nursery.start(gateway.services.keysync.run)
+        await nursery.start(gateway.services.media.run)
         nursery.start_soon(_purge_revoked_tokens, gateway.db)
         sim = gateway.backend if isinstance(gateway.backend, SimulatedWhatsApp) else None
         app = create_app(gateway.services, gateway, sim=sim)

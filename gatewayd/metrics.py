@@ -73,6 +73,41 @@ class Metrics:
             "1 once WhatsApp refused this client version (upgrade gatewayd / neonize).",
             registry=r,
         )
+        # --- live events over WebSocket (gatewayd/http/v1/ws.py) ---
+        self.ws_connections = Gauge(
+            "gatewayd_websocket_connections", "Open WebSocket connections.", registry=r
+        )
+        self.ws_closed_slow = Counter(
+            "gatewayd_websocket_closed_slow_total",
+            "WebSocket connections closed (1013) because the client could not keep up.",
+            registry=r,
+        )
+        # --- webhooks (gatewayd/nursery/webhooks.py) ---
+        self.webhook_attempts = Counter(
+            "gatewayd_webhook_attempts_total",
+            "Webhook tries by result (success: a 2xx; failure: anything else).",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "gatewayd_webhook_deliveries_total",
+            "Webhook deliveries settled, by outcome (delivered, dead).",
+            ["outcome"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.webhook_attempts.labels(result)
+        for outcome in ("delivered", "dead"):
+            self.webhook_deliveries.labels(outcome)
+        self.webhook_duration = Histogram(
+            "gatewayd_webhook_attempt_duration_seconds",
+            "Duration of webhook tries, from resolving the name to the end of the answer.",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.webhook_in_flight = Gauge(
+            "gatewayd_webhook_in_flight", "Webhook tries in flight.", registry=r
+        )
         # --- the deployed service's names ---
         self.wa_sessions_active = Gauge(
             "whatsapp_sessions_active", "Connected WhatsApp sessions.", registry=r

@@ -138,6 +138,9 @@ def test_every_key_has_an_environment_name() -> None:
                 "server.base_url": "https://wa.example.com",
                 "auth.jwt_secret": "a-secret-of-at-least-thirty-two-characters",
                 "auth.token_ttl": "3600",
+                "media.inbound_concurrency": "8",
+                "media.link_ttl": "3600",
+                "webhooks.schedule": "5, 10.5",
             }
             sample = special.get(f"{section.name}.{field.name}") or samples.get(type(default))
             if sample is None:  # other strings: any value different from the default

@@ -202,6 +202,7 @@ async def test_entries_name_both_forms_of_each_party(database: Database) -> None
     assert len(page.messages) == 4
 
     assert by_id["IN1"] == LogEntry(
+        row_id=by_id["IN1"].row_id,
         message_id="IN1",
         direction="incoming",
         type="text",

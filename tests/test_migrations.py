@@ -128,6 +128,8 @@ async def test_up_down_up_leaves_the_same_schema(pg_dsn: str) -> None:
             "messages",
             "ai_executions",
             "revoked_tokens",
+            "webhook_deliveries",
+            "webhook_attempts",
         }
 
         reverted = await migrate_down(db, steps=len(applied))

@@ -21,11 +21,14 @@ from gatewayd.http import middleware as mw
 from gatewayd.http.errors import error_response
 from gatewayd.http.routes_agents import agents_routes
 from gatewayd.http.routes_docs import docs_routes
+from gatewayd.http.routes_media import media_routes
 from gatewayd.http.routes_ops import Ops, ops_routes
 from gatewayd.http.routes_sim import InProcess, sim_routes
 from gatewayd.http.v1.agents import agents_v1_routes
 from gatewayd.http.v1.auth import auth_routes
 from gatewayd.http.v1.sessions import sessions_routes
+from gatewayd.http.v1.webhooks import webhook_routes
+from gatewayd.http.v1.ws import ws_routes
 from gatewayd.usecases.core import Services
 from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
@@ -53,6 +56,9 @@ def create_app(
         # The agent family's literal paths (/api/v1/sessions/create, …) before /{session_id}.
         *agents_v1_routes(),
         *sessions_routes(),
+        *webhook_routes(),
+        *ws_routes(),
+        *media_routes(services.media),
         *docs_routes(settings=settings),
         *extra_routes,
     ]

@@ -23,6 +23,7 @@ survive a restart, so a crash never loses what callers queued.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import after_unavailable, wait_for_database
+from gatewayd.usecases import webhooks as webhook_events
 from gatewayd.whatsapp.port import (
     ClientEvent,
     ClientOutdated,
@@ -244,6 +246,10 @@ class AgentTree(Sending):
         self.sup.bus.publish(
             BusEvent(handle.agent_id, "status", {"status": status, "reason": reason})
         )
+        await self._emit_webhook(
+            webhook_events.STATUS,
+            lambda record: webhook_events.status_delivery(record, status=status, reason=reason),
+        )
 
     async def _handle_events(self, events: trio.MemoryReceiveChannel[ClientEvent]) -> None:
         handle = self.handle
@@ -283,6 +289,14 @@ class AgentTree(Sending):
                         },
                     )
                 )
+                await self._emit_webhook(
+                    webhook_events.ACK,
+                    functools.partial(
+                        webhook_events.ack_delivery, chat=event.chat,
+                        message_ids=event.message_ids, type=event.type,
+                        timestamp_ms=event.timestamp_ms,
+                    ),
+                )  # fmt: skip
             elif isinstance(event, MessageReceived | MessageUnreadable):
                 pass  # never routed here: see _Sink
             else:

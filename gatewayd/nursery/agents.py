@@ -32,13 +32,16 @@ from gatewayd.nursery.groupcommit import GroupCommit
 from gatewayd.nursery.handle import AgentHandle, Forward, refuse_queued
 from gatewayd.nursery.inbound import InboundWriter
 from gatewayd.nursery.unlink import unlink_offline
+from gatewayd.nursery.webhooks import WebhookDispatcher
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.db import Database
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import wait_for_database
-from gatewayd.whatsapp.port import WhatsAppBackend
+from gatewayd.store.webhooks import NewDelivery
+from gatewayd.usecases.webhooks import MediaUrl, inbound_delivery, no_media_url
+from gatewayd.whatsapp.port import InboundMessage, WhatsAppBackend
 
 log = structlog.get_logger()
 
@@ -66,6 +69,7 @@ class AgentSupervisor:
         bus: EventBus,
         config: Callable[[], Config],
         forward: Forward = record_only,
+        media_url: MediaUrl = no_media_url,
     ) -> None:
         self.db = db
         self.backend = backend
@@ -80,8 +84,12 @@ class AgentSupervisor:
         self._restoring: set[str] = set()
         #: Stopped agents whose tree has not ended yet (a call stuck), until it does.
         self._stuck: dict[str, AgentHandle] = {}
-        #: Commits every received message before its client's callback returns.
-        self.inbound = InboundWriter(db, self._stored)
+        self.media_url = media_url  # the link in a received media message's webhook
+        self.webhooks = WebhookDispatcher(db, config, metrics)  # runs with the agents nursery
+        #: Commits every received message (and its webhook) before its callback returns.
+        self.inbound = InboundWriter(
+            db, self._stored, outbox=self._webhook_of, on_outbox=self.webhooks.wake
+        )
         #: Records the forwarder's outcomes, many per transaction.
         self.outcomes = GroupCommit[tuple[int, str], None](
             lambda items: messages_store.mark_handled_many(db, items)
@@ -104,6 +112,7 @@ class AgentSupervisor:
                 await nursery.start(self.inbound.run)
                 await nursery.start(self.outcomes.run)
                 await nursery.start(self.attempts.run)
+                await nursery.start(self.webhooks.run)
                 self._nursery = nursery
                 # Sends a dead process left behind: "sending" is unknown, "pending" failed.
                 reconciled = await wait_for_database(
@@ -362,6 +371,14 @@ class AgentSupervisor:
                 handle.inbound.send_nowait(stored)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # that tree is ending: the next one reads the row back
+
+    def _webhook_of(self, agent_uuid: uuid.UUID, message: InboundMessage) -> NewDelivery | None:
+        """The webhook delivery of a message about to be stored (the writer commits both)."""
+        handle = self._by_uuid.get(agent_uuid)
+        country = self.config().whatsapp.default_country_code
+        return None if handle is None else inbound_delivery(
+            handle.record, message, default_country_code=country, media_url=self.media_url
+        )  # fmt: skip
 
     def _ready(self, agent_id: str) -> AgentHandle:
         handle = self._handles.get(agent_id)

@@ -111,5 +111,10 @@ def message_event(agent_id: str, row_id: int, message: InboundMessage) -> BusEve
             "isFromMe": message.is_from_me,
             "mediaType": message.media_type,
             "timestampMs": message.timestamp_ms,
+            # The WebSocket's message_received names mentions and the quoted message.
+            "mentionedJids": list(message.mentioned_jids),
+            "quotedId": message.quoted_id,
+            "quotedSender": message.quoted_sender,
+            "quotedText": message.quoted_text,
         },
     )

@@ -1,5 +1,6 @@
 """The cleanup timer: delete media previews older than ``media.preview_ttl`` from
-``media.temp_dir`` every ``media.cleanup_interval`` seconds.
+``media.temp_dir``, and received media older than ``media.inbound_retention`` from
+``media.inbound_dir`` (gatewayd/media/files.py), every ``media.cleanup_interval`` seconds.
 
 Only files the daemon wrote (``PREVIEW_PREFIX``) are touched: TEMP_DIR may be shared.
 Both times are read on every round, so a SIGHUP changes them without a restart.
@@ -17,6 +18,7 @@ import structlog
 import trio
 
 from gatewayd.config import Config
+from gatewayd.media.files import delete_old_media, inbound_dir
 
 log = structlog.get_logger()
 
@@ -55,7 +57,8 @@ async def run_cleanup(
     while True:
         deadline = max(deadline + config().media.cleanup_interval, trio.current_time())
         await trio.sleep_until(deadline)
-        media, at = config().media, now()
+        current, at = config(), now()
+        media = current.media
         try:
             removed = await trio.to_thread.run_sync(
                 functools.partial(
@@ -64,6 +67,24 @@ async def run_cleanup(
             )
         except OSError as exc:
             log.warning("gatewayd.cleanup.failed", error=str(exc))
-            continue
-        if removed:
-            log.info("gatewayd.cleanup.removed", count=len(removed))
+        else:
+            if removed:
+                log.info("gatewayd.cleanup.removed", count=len(removed))
+        await clean_inbound(current, now=at)
+
+
+async def clean_inbound(config: Config, *, now: float) -> list[str]:
+    """Delete received media past ``media.inbound_retention``; the names removed."""
+    directory = inbound_dir(config)
+    try:
+        removed = await trio.to_thread.run_sync(
+            functools.partial(
+                delete_old_media, directory, older_than=config.media.inbound_retention, now=now
+            )
+        )
+    except OSError as exc:
+        log.warning("gatewayd.cleanup.inbound_failed", error=str(exc))
+        return []
+    if removed:
+        log.info("gatewayd.cleanup.inbound_removed", count=len(removed))
+    return removed

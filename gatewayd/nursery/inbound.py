@@ -30,6 +30,7 @@ from gatewayd.store import messages as messages_store
 from gatewayd.store.db import Database
 from gatewayd.store.messages import NewInbound, StoredInbound
 from gatewayd.store.retry import wait_for_database
+from gatewayd.store.webhooks import NewDelivery
 from gatewayd.whatsapp.port import InboundMessage
 
 __all__ = ["InboundWriter", "sanitize_inbound"]
@@ -41,6 +42,9 @@ DRAIN_TIMEOUT = 5.0
 
 #: Called (in the writer task) for every newly stored message, in commit order.
 Deliver = Callable[[uuid.UUID, StoredInbound], None]
+
+#: The webhook delivery a received message makes (committed with it), or None.
+Outbox = Callable[[uuid.UUID, InboundMessage], NewDelivery | None]
 
 
 #: WhatsApp ids are ~20-32 characters; a longer one is cut (the original kept) so that it
@@ -87,9 +91,20 @@ class _Pending:
 class InboundWriter:
     """Group-commits received messages; run it with ``nursery.start(writer.run)``."""
 
-    def __init__(self, db: Database, deliver: Deliver, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        deliver: Deliver,
+        *,
+        max_batch: int = 1000,
+        outbox: Outbox | None = None,
+        on_outbox: Callable[[], None] | None = None,
+    ) -> None:
         self._db = db
         self._deliver = deliver
+        #: What a message gives the webhook outbox, and whom to tell once that is committed.
+        self._outbox = outbox
+        self._on_outbox = on_outbox
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[_Pending](math.inf)
         #: Messages committed, and transactions used (for the benchmark and metrics).
@@ -156,7 +171,10 @@ class InboundWriter:
                 except Exception as exc:
                     await self._quarantine(pending, exc)
                     continue
-                pending.item = NewInbound(pending.agent_uuid, message, escaped, pending.trace_id)
+                webhook = self._webhook(pending.agent_uuid, message)
+                pending.item = NewInbound(
+                    pending.agent_uuid, message, escaped, pending.trace_id, webhook
+                )
             ready.append(pending)
         if not ready:
             return
@@ -181,6 +199,11 @@ class InboundWriter:
                 self.refusals += 1
                 await trio.sleep(backoff.next())
         self.batches += 1
+        if self._on_outbox is not None and any(
+            row_id is not None and item.webhook is not None
+            for item, row_id in zip(items, ids, strict=True)
+        ):
+            self._on_outbox()
         for pending, item, row_id in zip(ready, items, ids, strict=True):
             pending.row_id = row_id
             if row_id is not None:
@@ -191,6 +214,16 @@ class InboundWriter:
                     # Stored: the agent's next tree reads it back from the table.
                     log.exception("gatewayd.inbound.deliver_failed", rowId=row_id)
             pending.done.set()
+
+    def _webhook(self, agent_uuid: uuid.UUID, message: InboundMessage) -> NewDelivery | None:
+        if self._outbox is None:
+            return None
+        try:
+            return self._outbox(agent_uuid, message)
+        except Exception:
+            # The message is stored all the same; only its webhook is missing (and logged).
+            log.exception("gatewayd.webhook.payload_failed", messageId=message.id)
+            return None
 
     async def _insert(self, items: list[NewInbound]) -> list[int | None]:
         """One insert of ``items``, waiting out an outage; a failure that is not an outage

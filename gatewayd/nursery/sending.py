@@ -8,6 +8,7 @@ before WhatsApp gets it and ``sent`` after, so a crash in between leaves ``unkno
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,11 @@ from gatewayd.nursery.bus import BusEvent
 from gatewayd.nursery.commands import Outgoing, Sent, result_of
 from gatewayd.nursery.handle import answer, release_shielded
 from gatewayd.store import outbound as outbound_store
+from gatewayd.store import webhooks as webhooks_store
+from gatewayd.store.agents import AgentRecord
 from gatewayd.store.retry import after_unavailable, wait_for_database
+from gatewayd.store.webhooks import NewDelivery
+from gatewayd.usecases import webhooks as webhook_events
 from gatewayd.whatsapp.port import SendResult
 
 if TYPE_CHECKING:
@@ -117,6 +122,20 @@ class Sending:
             self._publish_handled(row.reply_to, row.reply_to_wa_id, "replied")
             return True
 
+    async def _emit_webhook(self, event: str, build: Callable[[AgentRecord], NewDelivery]) -> None:
+        """Queue ``event`` for the session's webhook when it subscribes to it (opt-in events;
+        docs/contract/api-v1.md §12). A failure to queue is logged, never the tree's end."""
+        record, db = self.handle.record, self.sup.db
+        if not webhook_events.subscribed(record, event):
+            return
+        try:
+            delivery = build(record)
+            await wait_for_database(db, lambda: webhooks_store.enqueue(db, record.id, delivery))
+        except Exception:
+            log.exception("gatewayd.webhook.enqueue_failed", event=event)
+            return
+        self.sup.webhooks.wake()
+
     def _publish_handled(
         self, inbound_row: int | None, message_id: str | None, result: str
     ) -> None:
@@ -184,6 +203,13 @@ class Sending:
         self.sup.metrics.messages_sent.labels(handle.agent_id).inc()
         self.sup.metrics.wa_messages_sent.labels(handle.agent_id).inc()
         log.info("gatewayd.send.sent", messageId=result.message_id, kind=m.kind)
+        await self._emit_webhook(
+            webhook_events.SENT,
+            lambda record: webhook_events.sent_delivery(
+                record, message_id=result.message_id, to=m.to, kind=m.kind, text=m.text,
+                timestamp_ms=result.timestamp_ms,
+            ),
+        )  # fmt: skip
         self.sup.bus.publish(
             BusEvent(
                 handle.agent_id,

@@ -32,7 +32,7 @@ STATUSES = (
 _COLUMNS = (
     "id, agent_id, name, user_id, api_key, endpoint_url_run, webhook_url, status, status_reason,"
     " last_connected_at, last_disconnected_at, phone_number, lid, device_jid, device_info,"
-    " created_at, updated_at, connected_seconds"
+    " created_at, updated_at, connected_seconds, webhook_secret, webhook_events, webhook_headers"
 )
 
 
@@ -57,6 +57,12 @@ class AgentRecord:
     updated_at: datetime
     #: Seconds spent connected in stretches that have ended (see ``set_status``).
     connected_seconds: float = 0.0
+    #: The webhook's signing key, ``whsec_<base64>`` (gatewayd/usecases/webhooks.py); never logged.
+    webhook_secret: str | None = attrs.field(default=None, repr=False)
+    #: The events the webhook is sent (sql/008_webhooks).
+    webhook_events: list[str] = attrs.field(factory=lambda: ["message.received"])
+    #: Extra request headers of the webhook (may carry credentials: never logged).
+    webhook_headers: dict[str, str] = attrs.field(factory=dict, repr=False)
 
 
 def _get(conn: Connection, agent_id: str) -> AgentRecord | None:

@@ -14,7 +14,9 @@ import cattrs
 from psycopg.types.json import Jsonb
 
 from gatewayd.jid import is_group
+from gatewayd.store import webhooks as webhooks_store
 from gatewayd.store.db import Connection, Database
+from gatewayd.store.webhooks import NewDelivery
 from gatewayd.whatsapp.port import InboundMessage
 
 _converter = cattrs.Converter()
@@ -42,6 +44,8 @@ class NewInbound:
     #: Originals of cleaned strings, by field path (see ``gatewayd.textsafe``).
     escaped: Mapping[str, str] = attrs.field(factory=dict)
     trace_id: str | None = None
+    #: Its webhook delivery, written in the same transaction (sql/008_webhooks).
+    webhook: NewDelivery | None = None
 
 
 # Timestamps WhatsApp (or a broken client) sends may be anything; PostgreSQL's range is
@@ -76,6 +80,12 @@ def structure_inbound(payload: dict[str, Any]) -> InboundMessage:
     return _converter.structure(fields, InboundMessage)
 
 
+def _media_column(media: dict[str, Any]) -> dict[str, Any]:
+    """The ``media`` column: the attachment's description without the adapter's download
+    reference (its keys stay in ``payload``; gatewayd/store/inbound_media.py)."""
+    return {k: v for k, v in media.items() if k != "ref"}
+
+
 def _inbound_params(item: NewInbound) -> tuple[object, ...]:
     message = item.message
     payload = unstructure_inbound(message)
@@ -84,7 +94,8 @@ def _inbound_params(item: NewInbound) -> tuple[object, ...]:
     return (
         item.agent_uuid, _type_of(message), message.chat, message.chat_lid, message.sender,
         message.sender_lid, message.is_group, message.push_name, message.text,
-        message.quoted_id, Jsonb(payload["media"]) if message.media else None, message.id,
+        message.quoted_id, Jsonb(_media_column(payload["media"])) if message.media else None,
+        message.id,
         item.trace_id, _received_at(message.timestamp_ms), Jsonb(payload),
         list(message.mentioned_jids),
     )  # fmt: skip
@@ -92,7 +103,10 @@ def _inbound_params(item: NewInbound) -> tuple[object, ...]:
 
 async def insert_inbound_batch(db: Database, items: Sequence[NewInbound]) -> list[int | None]:
     """Persist received messages in one transaction; for each, its row id, or None when
-    WhatsApp redelivered one already stored (the unique (agent, direction, wa id) key)."""
+    WhatsApp redelivered one already stored (the unique (agent, direction, wa id) key).
+
+    A newly stored message's ``webhook`` delivery is inserted in the same transaction (the
+    outbox); a redelivered one adds none."""
     params = [_inbound_params(item) for item in items]
 
     def work(conn: Connection) -> list[int | None]:
@@ -104,6 +118,14 @@ async def insert_inbound_batch(db: Database, items: Sequence[NewInbound]) -> lis
                 ids.append(None if row is None else int(row[0]))
                 if not cur.nextset():
                     break
+        webhooks_store.insert_for_messages(
+            conn,
+            [
+                (item.agent_uuid, row_id, item.webhook)
+                for item, row_id in zip(items, ids, strict=True)
+                if row_id is not None and item.webhook is not None
+            ],
+        )
         return ids
 
     return await db.run(work)

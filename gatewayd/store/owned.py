@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import attrs
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.db import Connection, Database
@@ -85,6 +86,9 @@ async def update_session(
     *,
     name: str | Unset = UNSET,
     webhook_url: str | None | Unset = UNSET,
+    webhook_secret: str | None | Unset = UNSET,
+    webhook_events: list[str] | Unset = UNSET,
+    webhook_headers: dict[str, str] | Unset = UNSET,
 ) -> AgentRecord | None:
     """Rename the user's session and/or change its webhook (``None`` removes it); fields
     left ``UNSET`` keep their value. The updated record, or None when the session is missing
@@ -97,6 +101,15 @@ async def update_session(
     if not isinstance(webhook_url, Unset):
         sets.append("webhook_url = %s")
         params.append(webhook_url)
+    if not isinstance(webhook_secret, Unset):
+        sets.append("webhook_secret = %s")
+        params.append(webhook_secret)
+    if not isinstance(webhook_events, Unset):
+        sets.append("webhook_events = %s")
+        params.append(webhook_events)
+    if not isinstance(webhook_headers, Unset):
+        sets.append("webhook_headers = %s")
+        params.append(Jsonb(webhook_headers))
     if not sets:
         return await get_session(db, user_id, session_id)
     # Column names are fixed strings chosen above; only values are parameters.

@@ -19,9 +19,12 @@ import trio
 from gatewayd.config import AuthConfig, Config
 from gatewayd.errors import GatewayError
 from gatewayd.limits import KeyedLimiter, LoginThrottle
+from gatewayd.media.fetch import InboundMedia
 from gatewayd.metrics import Metrics
 from gatewayd.nursery.aicall import AiCaller
+from gatewayd.nursery.bus import EventBus
 from gatewayd.nursery.commands import Outgoing, Sent
+from gatewayd.nursery.webhooks import WebhookDispatcher
 from gatewayd.store import keys as keys_store
 from gatewayd.store.db import Database
 from gatewayd.usecases.identity import IdentityConfig
@@ -145,6 +148,12 @@ class Services:
     keysync: KeySync
     secrets: AuthSecrets = attrs.field(repr=False)
     limits: Limits
+    #: The events bus (live status, QR and messages).
+    bus: EventBus
+    #: Received media: downloads, files and signed links.
+    media: InboundMedia
+    #: The webhook outbox's dispatcher (woken when a delivery is queued or replayed).
+    webhooks: WebhookDispatcher
 
     @property
     def identity(self) -> IdentityConfig:

@@ -112,6 +112,8 @@ class LogEntry:
     another number shows that number on its older messages too)."""
 
     #: The WhatsApp id; None for a send that never reached WhatsApp.
+    #: The stored row (what a media link names).
+    row_id: int
     message_id: str | None
     direction: Direction
     type: str
@@ -212,7 +214,7 @@ def _party(jid: str | None, lid: str | None) -> tuple[str | None, str | None]:
 
 
 def _entry(agent: AgentRecord, row: tuple[Any, ...]) -> LogEntry:
-    (_, direction, type_, wa_id, chat, chat_lid, sender, sender_lid, group, push_name, text,
+    (row_id, direction, type_, wa_id, chat, chat_lid, sender, sender_lid, group, push_name, text,
      quoted_id, status, created_at) = row  # fmt: skip
     me = (agent.phone_number, _lid_digits(agent.lid))
     if direction == "inbound":
@@ -223,6 +225,7 @@ def _entry(agent: AgentRecord, row: tuple[Any, ...]) -> LogEntry:
         (from_, from_lid), (to, to_lid) = me, _party(chat, chat_lid)
         log_status = _OUTBOUND_STATUS.get(status or "", "unknown")
     return LogEntry(
+        row_id=row_id,
         message_id=wa_id,
         direction=_DIRECTION_OF_ROW[direction],
         type=type_,

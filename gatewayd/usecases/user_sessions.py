@@ -10,10 +10,13 @@ from __future__ import annotations
 import uuid
 
 import attrs
+import structlog
 import trio
 
-from gatewayd.errors import Forbidden, QrTimeout, SessionNotFound
+from gatewayd.errors import BadGateway, Forbidden, QrTimeout, SessionNotFound
 from gatewayd.nursery.commands import SendKind
+from gatewayd.nursery.webhooks import refresh_webhook
+from gatewayd.outbound.guard import check_url, parse_http_url
 from gatewayd.store import agents as agents_store
 from gatewayd.store import owned
 from gatewayd.store.agents import AgentRecord
@@ -29,7 +32,10 @@ from gatewayd.usecases.sessions import (
     seeded_endpoint,
     session_state,
 )
+from gatewayd.usecases.webhooks import new_webhook_secret
 from gatewayd.whatsapp.qr import QrSnapshot
+
+log = structlog.get_logger()
 
 #: How long start/reconnect of a linked session wait to answer ``connected``.
 CONNECT_WAIT = 10.0
@@ -45,6 +51,20 @@ class NewSession:
 class SessionChange:
     name: str | None = None
     webhook_url: str | None | owned.Unset = owned.UNSET
+    webhook_events: list[str] | owned.Unset = owned.UNSET
+    #: Extra request headers for the webhook (an n8n Header Auth credential, say); secrets.
+    webhook_headers: dict[str, str] | owned.Unset = owned.UNSET
+    #: Replace the signing secret (the new one is answered once).
+    rotate_webhook_secret: bool = False
+
+
+@attrs.frozen
+class Saved:
+    """A created or changed session, and its webhook signing secret when it was just made
+    (shown this once)."""
+
+    record: AgentRecord
+    new_webhook_secret: str | None = None
 
 
 @attrs.frozen
@@ -102,11 +122,23 @@ async def list_sessions(services: Services, user_id: str) -> list[SessionState]:
     return [session_state(services, r) for r in await owned.list_sessions(services.db, user_id)]
 
 
-async def create(services: Services, user_id: str, new: NewSession) -> AgentRecord:
+async def check_webhook_url(services: Services, url: str) -> None:
+    """A webhook URL must pass the address guard when it is saved (and again at each
+    delivery, since DNS may change): malformed, or resolving to a refused address, is a 400.
+    A name that does not resolve now is kept: deliveries retry, and DNS may come back."""
+    try:
+        await check_url(url, allow_private=services.config.webhooks.allow_private_urls)
+    except BadGateway:
+        log.info("gatewayd.webhook.url_unresolved", sessionUrlHost=parse_http_url(url)[1])
+
+
+async def create(services: Services, user_id: str, new: NewSession) -> Saved:
     """A session that exists but is not started (no QR until ``start``)."""
+    if new.webhook_url is not None:
+        await check_webhook_url(services, new.webhook_url)
     session_uuid = uuid.uuid4()
     agent_id = str(session_uuid)
-    return await agents_store.create_agent(
+    record = await agents_store.create_agent(
         services.db,
         agent_id=agent_id,
         name=new.name,
@@ -117,22 +149,36 @@ async def create(services: Services, user_id: str, new: NewSession) -> AgentReco
         agent_uuid=session_uuid,
         status="stopped",  # created, not started: no QR until start
     )
+    if new.webhook_url is None:
+        return Saved(record)
+    secret = new_webhook_secret()
+    saved = await owned.update_session(services.db, user_id, record.id, webhook_secret=secret)
+    return Saved(saved or record, secret)
 
 
-async def update(
-    services: Services, user_id: str, session_id: str, change: SessionChange
-) -> AgentRecord:
+async def update(services: Services, user_id: str, session_id: str, change: SessionChange) -> Saved:
     record = await owned_session(services, user_id, session_id)
+    if isinstance(change.webhook_url, str):
+        await check_webhook_url(services, change.webhook_url)
+    url = record.webhook_url if isinstance(change.webhook_url, owned.Unset) else change.webhook_url
+    secret: str | None = None
+    if url is not None and (change.rotate_webhook_secret or not record.webhook_secret):
+        secret = new_webhook_secret()
     updated = await owned.update_session(
         services.db,
         user_id,
         record.id,
         name=change.name if change.name is not None else owned.UNSET,
         webhook_url=change.webhook_url,
+        webhook_secret=secret if secret is not None else owned.UNSET,
+        webhook_events=change.webhook_events,
+        webhook_headers=change.webhook_headers,
     )
     if updated is None:
         raise SessionNotFound("Session not found")
-    return updated
+    # The running agent takes the new settings up for its next event.
+    await refresh_webhook(services.db, services.agents.get(updated.agent_id))
+    return Saved(updated, secret)
 
 
 async def _connected_within(services: Services, record: AgentRecord, wait: float) -> SessionState:

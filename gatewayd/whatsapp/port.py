@@ -58,6 +58,10 @@ class Media:
     filename: str | None = None
     seconds: int | None = None  # audio / video duration
     ptt: bool = False  # a voice note rather than an audio file
+    #: What the adapter needs to fetch the bytes again (``WhatsAppClient.download_media``), in
+    #: its own spelling: neonize's is the media sub-message (keys included), the simulated
+    #: network's its own id. Stored with the message; never shown to API clients.
+    ref: str | None = attrs.field(default=None, repr=False, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -451,6 +455,15 @@ class WhatsAppClient(Protocol):
         quote: Quote | None = None,
     ) -> SendResult:
         """Send a video."""
+        ...
+
+    async def download_media(self, media: Media) -> bytes:
+        """The bytes of a received attachment (decrypted), fetched from WhatsApp's servers.
+
+        Needs a connected client (``NotConnected`` otherwise). ``WhatsAppError`` when the media
+        cannot be had (no ``ref``, expired on the servers, a failed check). The caller checks
+        ``media.size`` against its limit first: an adapter holds the whole file in memory.
+        """
         ...
 
     async def set_typing(self, chat: str, on: bool) -> None:

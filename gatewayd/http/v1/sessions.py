@@ -21,12 +21,14 @@ from gatewayd.http.v1.render import (
     session_summary,
 )
 from gatewayd.store import owned
+from gatewayd.store.agents import AgentRecord
 from gatewayd.store.owned import uptime_percentage
 from gatewayd.usecases import pairing, user_sessions
 from gatewayd.usecases.identity import Principal
 from gatewayd.usecases.messagelog import LogEntry, MessageQuery, message_log
 from gatewayd.usecases.sessions import session_state
 from gatewayd.usecases.user_sessions import NewSession, SendRequest, SessionChange
+from gatewayd.usecases.webhooks import EVENTS, unknown_events
 
 _SEND_TYPES = ("text", "image", "document", "audio", "video")
 _URL = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
@@ -51,15 +53,79 @@ def _webhook(body: dict[str, Any]) -> str | None:
     return value
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
+#: Headers a session may not set: the request's own framing and the signature's.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+)
+
+
+def _events(body: dict[str, Any]) -> list[str]:
+    value = body.get("webhook_events")
+    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+        raise InvalidPayload(
+            "'webhook_events' must be a list of event names", details={"field": "webhook_events"}
+        )
+    unknown = unknown_events(value)
+    if unknown:
+        raise InvalidPayload(
+            f"unknown webhook events {unknown}; known: {', '.join(EVENTS)}",
+            details={"field": "webhook_events"},
+        )
+    return list(dict.fromkeys(value))
+
+
+def _headers(body: dict[str, Any]) -> dict[str, str]:
+    value = body.get("webhook_headers")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 20:
+        raise InvalidPayload(
+            "'webhook_headers' must be an object of at most 20 headers",
+            details={"field": "webhook_headers"},
+        )
+    headers: dict[str, str] = {}
+    for name, text in value.items():
+        lowered = name.lower()
+        if (
+            not _HEADER_NAME.fullmatch(name)
+            or lowered in _RESERVED_HEADERS
+            or lowered.startswith("webhook-")
+            or not isinstance(text, str)
+            or len(text) > 4096
+            or not all(" " <= c <= "~" or c == "\t" for c in text)
+        ):
+            raise InvalidPayload(
+                f"'webhook_headers' has a header that cannot be sent: {name[:100]!r}",
+                details={"field": "webhook_headers"},
+            )
+        headers[name] = text
+    return headers
+
+
+def webhook_settings(record: AgentRecord, new_secret: str | None) -> dict[str, Any]:
+    """A session's webhook settings as answered: custom header values are secrets (masked);
+    the signing secret appears only when it was just made."""
+    data: dict[str, Any] = {
+        "webhook_events": list(record.webhook_events),
+        "webhook_headers": {name: "***" for name in record.webhook_headers},
+    }
+    if new_secret is not None:
+        data["webhook_secret"] = new_secret
+    return data
+
+
 async def create_session(request: Request, principal: Principal) -> Response:
     body = await read_json(request)
     new = NewSession(name=_name(body), webhook_url=_webhook(body))
     found = services(request)
-    record = await user_sessions.create(found, principal.user_id, new)
+    saved = await user_sessions.create(found, principal.user_id, new)
+    record = saved.record
     data = {
         **session_summary(session_state(found, record)),
         "qr_code": None,
         "created_at": iso(record.created_at),
+        **webhook_settings(record, saved.new_webhook_secret),
     }
     return ok(data, "Session created successfully. Please start the session to get QR code.", 201)
 
@@ -97,22 +163,34 @@ async def get_session(request: Request, principal: Principal) -> Response:
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
         "last_connected": iso(record.last_connected_at),
+        **webhook_settings(record, None),
     }
     return ok(data)
 
 
 async def update_session(request: Request, principal: Principal) -> Response:
     body = await read_json(request)
-    if "session_name" not in body and "webhook_url" not in body:
-        raise InvalidPayload("Give 'session_name' and/or 'webhook_url'")
+    fields = ("session_name", "webhook_url", "webhook_events", "webhook_headers")
+    rotate = body.get("rotate_webhook_secret", False)
+    if not isinstance(rotate, bool):
+        raise InvalidPayload(
+            "'rotate_webhook_secret' must be true or false",
+            details={"field": "rotate_webhook_secret"},
+        )
+    if not any(field in body for field in fields) and not rotate:
+        raise InvalidPayload(f"Give at least one of {', '.join(fields)}, rotate_webhook_secret")
     change = SessionChange(
         name=_name(body) if "session_name" in body else None,
         webhook_url=_webhook(body) if "webhook_url" in body else owned.UNSET,
+        webhook_events=_events(body) if "webhook_events" in body else owned.UNSET,
+        webhook_headers=_headers(body) if "webhook_headers" in body else owned.UNSET,
+        rotate_webhook_secret=rotate,
     )
     found = services(request)
-    record = await user_sessions.update(
+    saved = await user_sessions.update(
         found, principal.user_id, request.path_params["session_id"], change
     )
+    record = saved.record
     state = session_state(found, record)
     data = {
         "session_id": str(record.id),
@@ -121,6 +199,7 @@ async def update_session(request: Request, principal: Principal) -> Response:
         "status": dashboard_status(state.status),
         "status_detail": state.status,
         "updated_at": iso(record.updated_at),
+        **webhook_settings(record, saved.new_webhook_secret),
     }
     return ok(data, "Session updated successfully")
 
@@ -243,7 +322,7 @@ def _message_query(params: Any) -> MessageQuery:
     )
 
 
-def _log_entry(entry: LogEntry) -> dict[str, Any]:
+def _log_entry(entry: LogEntry, media_url: str | None) -> dict[str, Any]:
     return {
         "message_id": entry.message_id,
         "direction": entry.direction,
@@ -254,7 +333,7 @@ def _log_entry(entry: LogEntry) -> dict[str, Any]:
         "to": entry.to,
         "to_lid": entry.to_lid,
         "content": entry.content,
-        "media_url": None,
+        "media_url": media_url,
         "is_group": entry.is_group,
         "group_id": entry.group_id,
         "group_name": None,  # §7.10 names it; group names are not stored
@@ -269,7 +348,9 @@ async def list_messages(request: Request, principal: Principal) -> Response:
     found = services(request)
     page = await message_log(found.db, await _owned(request, principal), query)
     data = {
-        "messages": [_log_entry(entry) for entry in page.messages],
+        "messages": [
+            _log_entry(entry, found.media.url(entry.row_id, entry.type)) for entry in page.messages
+        ],
         "next_cursor": page.next_cursor,
     }
     return ok(data, "Messages retrieved successfully")

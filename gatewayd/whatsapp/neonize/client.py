@@ -37,6 +37,7 @@ from gatewayd.errors import (
 )
 from gatewayd.whatsapp.neonize import send as build
 from gatewayd.whatsapp.neonize.calls import GoCall, GoTimeout, call_go
+from gatewayd.whatsapp.neonize.media import message_of_ref
 from gatewayd.whatsapp.neonize.pairing import CodeRequests, pair_in_child
 from gatewayd.whatsapp.neonize.session import CALL_TIMEOUT as CALL_TIMEOUT
 from gatewayd.whatsapp.neonize.session import CONNECT_STUCK as CONNECT_STUCK
@@ -48,6 +49,7 @@ from gatewayd.whatsapp.port import (
     ConnectionEnd,
     EventSink,
     LoggedOut,
+    Media,
     Paired,
     Quote,
     SendResult,
@@ -64,6 +66,9 @@ server's answer, so its error normally comes first."""
 
 UPLOAD_TIMEOUT = 120.0
 """Deadline of one media upload (neonize and whatsmeow set none)."""
+
+DOWNLOAD_TIMEOUT = 120.0
+"""Deadline of one media download (whatsmeow's HTTP client sets none for the body)."""
 
 PAIR_CODE_TIMEOUT = 30.0
 """Longest a phone-code request waits for the pairing child's answer (one IQ to WhatsApp)."""
@@ -311,6 +316,15 @@ class NeonizeClient:
         return await self._send_media(
             "video", to, data, mimetype=mimetype, caption=caption, quote=quote
         )
+
+    async def download_media(self, media: Media) -> bytes:
+        """An attachment's bytes through whatsmeow's ``DownloadAny`` (fetched and decrypted;
+        its hashes checked by whatsmeow), from the sub-message kept in ``media.ref``."""
+        message = message_of_ref(media.ref)
+        data: bytes = await self._call(
+            "download", lambda nc: nc.download_any(message), seconds=DOWNLOAD_TIMEOUT
+        )
+        return data
 
     async def set_typing(self, chat: str, on: bool) -> None:
         """Show or clear "typing…" in ``chat``."""

@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from gatewayd.errors import InvalidRecipient
+from gatewayd.whatsapp.neonize.media import media_ref
 from gatewayd.whatsapp.port import (
     AddressingMode,
     ClientEvent,
@@ -294,6 +295,7 @@ def _media_of(msg: Any) -> tuple[MediaType | None, Media | None]:
             filename=(_str(sub.fileName) or None) if "fileName" in has else None,
             seconds=(int(sub.seconds) or None) if "seconds" in has else None,
             ptt=bool(sub.PTT) if "PTT" in has else False,
+            ref=media_ref(field, sub),
         )
     return None, None
 

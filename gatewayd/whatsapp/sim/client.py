@@ -27,6 +27,7 @@ from gatewayd.whatsapp.port import (
     Disconnected,
     EventSink,
     LoggedOut,
+    Media,
     MessageReceived,
     MessageUnreadable,
     Paired,
@@ -427,6 +428,15 @@ class SimulatedClient:
         """Record one media send; ``fields`` are SentRecord fields (text is the caption)."""
         await self._ready(to)
         return self._keep(attrs.evolve(self._message(kind, to), media_size=len(data), **fields))
+
+    async def download_media(self, media: Media) -> bytes:
+        """The bytes the network holds for an injected attachment (see ``inject_media``)."""
+        await trio.lowlevel.checkpoint()
+        self._require_connected()
+        await self._net.stalled(self._agent_id)
+        if media.ref is None:
+            raise WhatsAppError("media has no download reference")
+        return self._net.media_bytes(media.ref, media.size)
 
     async def set_typing(self, chat: str, on: bool) -> None:
         """Record a typing on/off presence."""

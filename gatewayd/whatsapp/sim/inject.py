@@ -78,11 +78,23 @@ class InboundInjection(SimNetwork):
         mentions: Sequence[str] = (),
         quote: Quote | None = None,
         push_name: str | None = None,
+        data: bytes | None = None,
+        downloadable: bool = True,
     ) -> InboundMessage:
-        """``sender`` sends a media message; its caption becomes the message text."""
+        """``sender`` sends a media message; its caption becomes the message text.
+
+        Its bytes are ``data`` (which sets ``size``), else ``size`` made-up bytes
+        (``network.sim_media_bytes``); ``downloadable=False`` makes every download fail, as
+        for media gone from WhatsApp's servers.
+        """
+        ref = f"sim-media-{self._inbound_id()}"
+        if data is not None:
+            self._media[ref], size = data, len(data)
+        if not downloadable:
+            self._media_gone.add(ref)
         media = Media(
             mimetype=mimetype or _DEFAULT_MIMETYPES[kind], size=size, caption=caption,
-            filename=filename, seconds=seconds, ptt=ptt,
+            filename=filename, seconds=seconds, ptt=ptt, ref=ref,
         )  # fmt: skip
         return self.deliver(
             agent_id, sender, text=caption, group=group, mentions=mentions, quote=quote,

@@ -10,6 +10,7 @@ to hang in a stall (``stalled``). The controls a test or the demo drives are in 
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from gatewayd.errors import NotConnected
+from gatewayd.errors import NotConnected, WhatsAppError
 from gatewayd.jid import group_jid, is_lid, is_user, lid_jid, non_ad, phone_jid
 from gatewayd.whatsapp.port import (
     ConnectionEnd,
@@ -63,6 +64,8 @@ class SimNetwork:
         self._groups: dict[str, tuple[str, ...]] = {}
         self._refusals: dict[str, int] = {}  # device JID -> connects still to refuse
         self._stalls: dict[str, trio.Event] = {}  # agent id -> set when its stall ends
+        self._media: dict[str, bytes] = {}  # media ref -> the bytes a test gave (in memory only)
+        self._media_gone: set[str] = set()  # media refs whose download fails
         #: Virtual times of every connect attempt, by device JID (for reconnect schedules).
         self.connect_attempts: dict[str, list[float]] = {}
 
@@ -189,6 +192,14 @@ class SimNetwork:
     def _new_lid(self) -> str:
         return lid_jid(str(self._rng.randrange(10**14, 10**15)))
 
+    def media_bytes(self, ref: str, size: int) -> bytes:
+        """The bytes behind an injected attachment: those given at injection, else ``size``
+        bytes made from the ref (so a restarted ``gatewayd simnet`` serves the same ones)."""
+        if ref in self._media_gone:
+            raise WhatsAppError("media download failed: 404 (expired on the server)")
+        given = self._media.get(ref)
+        return given if given is not None else sim_media_bytes(ref, size)
+
     def pairing_keys(self) -> str:
         """Noise public key, identity public key, adv secret (32 bytes each) and client type."""
         keys = (_b64(self._rng.randbytes(32)) for _ in range(3))
@@ -208,6 +219,12 @@ class SimNetwork:
         if stall is not None:
             with trio.CancelScope(shield=True):
                 await stall.wait()
+
+
+def sim_media_bytes(ref: str, size: int) -> bytes:
+    """The made-up content of an attachment injected without bytes: a hash chain of ``ref``."""
+    block = hashlib.sha256(ref.encode()).digest() * 128  # 4 KiB
+    return (block * (size // len(block) + 1))[: max(size, 0)]
 
 
 def _b64(data: bytes) -> str:

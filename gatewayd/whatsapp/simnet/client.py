@@ -10,6 +10,7 @@ oddly is a lost connection (``Disconnected``) for ``run`` and ``NotConnected`` /
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from gatewayd.whatsapp.port import (
     ConnectionEnd,
     Disconnected,
     EventSink,
+    Media,
     Paired,
     PairingError,
     PairingFailed,
@@ -346,6 +348,15 @@ class SimnetClient:
         quote: Quote | None = None,
     ) -> SendResult:
         return await self._send(_media("video", to, data, mimetype, quote, text=caption))
+
+    async def download_media(self, media: Media) -> bytes:
+        body = {"ref": media.ref, "size": media.size, "mimetype": media.mimetype}
+        data = await self._backend.call("POST", f"{self._path}/media", body)
+        encoded = data.get("base64") if isinstance(data, dict) else None
+        try:
+            return base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+        except ValueError:
+            raise WhatsAppError("simnet: odd media answer") from None
 
     async def set_typing(self, chat: str, on: bool) -> None:
         await self._backend.call("POST", f"{self._path}/typing", {"chat": chat, "on": on})

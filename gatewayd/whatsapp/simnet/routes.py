@@ -11,6 +11,7 @@ Bodies are read with ``any_text``: a daemon's reply may carry any text WhatsApp 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from gatewayd.errors import InvalidPayload, InvalidRecipient, NotConnected, WhatsAppError
 from gatewayd.http.request import read_json
 from gatewayd.http.routes_sim import AsciiJSONResponse, body_str
-from gatewayd.whatsapp.port import Quote
+from gatewayd.whatsapp.port import Media, Quote
 from gatewayd.whatsapp.simnet.sessions import Session, SessionHub
 from gatewayd.whatsapp.simnet.wire import event_to_json
 
@@ -206,6 +207,20 @@ async def lookup(request: Request) -> Response:
     return result if isinstance(result, Response) else _ok({"jid": result})
 
 
+async def media(request: Request) -> Response:
+    body = await read_json(request, any_text=True)
+    size = _number(body, "size", 0)
+    if not 0 <= size <= MAX_MEDIA:
+        raise InvalidPayload(f"'size' must be 0..{MAX_MEDIA}")
+    mimetype = body_str(body, "mimetype", required=False) or "application/octet-stream"
+    wanted = Media(mimetype=mimetype, size=int(size), ref=body_str(body, "ref", required=False))
+    client = _hub(request).network.client(request.path_params["agent_id"])
+    result = await _whatsapp(client.download_media(wanted))
+    if isinstance(result, Response):
+        return result
+    return _ok({"base64": base64.b64encode(result).decode("ascii")})
+
+
 async def logout(request: Request) -> Response:
     hub = _hub(request)
     result = await _whatsapp(hub.network.client(request.path_params["agent_id"]).logout())
@@ -237,6 +252,7 @@ def net_routes() -> list[BaseRoute]:
         Route("/_net/agents/{agent_id}/read", read, methods=["POST"]),
         Route("/_net/agents/{agent_id}/lookup", lookup, methods=["POST"]),
         Route("/_net/agents/{agent_id}/logout", logout, methods=["POST"]),
+        Route("/_net/agents/{agent_id}/media", media, methods=["POST"]),
         Route("/_net/sessions/{session_id}/events", events, methods=["POST"]),
         Route("/_net/sessions/{session_id}/close", close, methods=["POST"]),
     ]
