@@ -45,12 +45,19 @@ class Receiver:
     modes: dict[str, str] = attrs.field(factory=dict)
     requests: list[tuple[str, dict[str, str], bytes]] = attrs.field(factory=list)
     stalled: int = 0
+    #: The webhook-ids of the requests answered 200.
+    ok_ids: set[str] = attrs.field(factory=set)
+
+    def answered_ok(self, headers: dict[str, str]) -> bool:
+        return headers.get("webhook-id") in self.ok_ids
 
     async def handle(self, request: Request) -> Response:
         path = request.path_params["path"]
         body = await request.body()
         self.requests.append((path, dict(request.headers), body))
         mode = self.modes.get(path, "ok")
+        if mode == "ok":
+            self.ok_ids.add(request.headers.get("webhook-id", ""))
         if mode == "stall":
             self.stalled += 1
             await trio.sleep_forever()

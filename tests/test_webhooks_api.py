@@ -146,3 +146,42 @@ async def test_deliveries_listed_replayed_and_tested(running: Running, receiver:
         f"/api/v1/sessions/{session_id}/webhook/deliveries/999999/replay", headers=auth
     )
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "gateway_config",
+    [{"webhooks": {**FAST, "max_retries": 1, "schedule": [600.0], "max_age": 86400.0}}],
+    indirect=True,
+)
+async def test_a_receiver_back_after_a_long_outage_gets_the_backlog_at_once(
+    running: Running, receiver: Receiver
+) -> None:
+    """Deliveries waiting on the long schedule (ten minutes here) go as soon as the receiver
+    answers one again, not when their next try falls due."""
+    client = running.client
+    _, _, token = await new_user(client)
+    auth = bearer(token)
+    session = await dashboard_session(running, token, webhook_url=f"{receiver.url}/c")
+    session_id = session["session_id"]
+    receiver.modes["c"] = "fail"
+    for _ in range(3):
+        await client.post(f"/api/v1/sessions/{session_id}/webhook/test", headers=auth)
+
+    async def failed() -> list[dict[str, Any]]:
+        got = await client.get(
+            f"/api/v1/sessions/{session_id}/webhook/deliveries?status=failed", headers=auth
+        )
+        return list(got.json()["data"]["deliveries"])
+
+    with trio.fail_after(10):
+        while len(await failed()) < 3 or len(receiver.of("c")) < 6:
+            await trio.sleep(0.05)
+    waiting = await failed()
+    assert all(d["attempts"] == 2 for d in waiting)  # the quick tries are spent: 600 s ahead
+    receiver.modes["c"] = "ok"
+    await client.post(f"/api/v1/sessions/{session_id}/webhook/test", headers=auth)
+    backlog = {d["webhook_id"] for d in waiting}
+    with trio.fail_after(10):
+        while not backlog <= receiver.ok_ids:
+            await trio.sleep(0.05)
+    assert await failed() == []

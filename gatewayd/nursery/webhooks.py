@@ -207,6 +207,15 @@ class WebhookDispatcher:
         result = self._outcome(delivery, answer, cfg)
         await wait_for_database(db, lambda: webhooks_store.finish_try(db, delivery, result))
         self._count(delivery, answer, result)
+        if answer.ok:
+            # The receiver is back: what waits on the long schedule for it goes now, not in
+            # up to an hour (a receiver down for ten minutes gets the backlog at once).
+            released = await wait_for_database(
+                db, lambda: webhooks_store.release_backlog(db, delivery.agent_id)
+            )
+            if released:
+                log.info("gatewayd.webhook.backlog_released", count=released)
+                self.wake()
 
     def _with_media_link(self, delivery: Claimed) -> dict[str, Any]:
         payload = delivery.payload

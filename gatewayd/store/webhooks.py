@@ -186,6 +186,20 @@ async def claim_due(
     return await db.run(work)
 
 
+async def release_backlog(db: Database, agent_uuid: uuid.UUID) -> int:
+    """Make the session's failed deliveries due now (its receiver answered again); how many."""
+
+    def work(conn: Connection) -> int:
+        cur = conn.execute(
+            "UPDATE webhook_deliveries SET next_attempt_at = now()"
+            " WHERE agent_id = %s AND status = 'failed' AND next_attempt_at > now()",
+            (agent_uuid,),
+        )
+        return cur.rowcount
+
+    return await db.run(work)
+
+
 async def seconds_to_next_due(db: Database) -> float | None:
     """Seconds until the next delivery falls due (a lease running out counts), 0 when one is
     due now, None when nothing waits at all."""
