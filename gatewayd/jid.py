@@ -143,6 +143,11 @@ def non_ad(jid: str) -> str:
     return f"{user.partition(':')[0]}@{server}"
 
 
+def group_id_of(jid: str) -> str:
+    """A group's id without its server (``120363…@g.us`` → ``120363…``), as answers show it."""
+    return jid.rpartition("@")[0] or jid
+
+
 def newsletter_jid(channel: str) -> str:
     """A channel (newsletter) JID from its id, or the JID itself."""
     return channel if "@" in channel else f"{channel}@{NEWSLETTER_SERVER}"

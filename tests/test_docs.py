@@ -6,17 +6,24 @@ import base64
 import hashlib
 import json
 import re
+import uuid
+from datetime import UTC, datetime
 from importlib import resources
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from gatewayd.config import Config
 from gatewayd.http import errors as http_errors
 from gatewayd.http.app import create_app
 from gatewayd.http.routes_docs import STYLE
+from gatewayd.http.v1 import ws
+from gatewayd.jid import phone_jid
+from gatewayd.store.agents import AgentRecord
+from gatewayd.usecases import webhooks as webhook_events
+from gatewayd.whatsapp.port import InboundMessage
 from gatewayd.whatsapp.sim import SimulatedWhatsApp
 from tests.daemon import ROOT
 from tests.gateway_fixtures import Running
@@ -30,7 +37,10 @@ DOCUMENTED_PREFIXES = (
     "/metrics",
     "/openapi.json",
     "/docs",
+    "/media/",
 )
+#: The Standard Webhooks headers every webhook request carries.
+WEBHOOK_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
 #: The /api/v1 security requirements: a user's credential, none, or the PIN (login only).
 V1_USER_SECURITY = [{"bearer": []}, {"apiKey": []}]
 V1_PUBLIC_SECURITY = ([], [{"pinBasic": []}])
@@ -51,15 +61,31 @@ def resolve(doc: dict[str, Any], node: Any) -> Any:
     return node
 
 
-def app_routes() -> list[Route]:
+def all_routes() -> tuple[list[Route], list[WebSocketRoute]]:
     config = Config.from_mapping({"whatsapp": {"mode": "sim"}})
-    services = SimpleNamespace(settings=lambda: config, metrics=None)
+    services = SimpleNamespace(settings=lambda: config, metrics=None, media=None)
     app = create_app(services, SimpleNamespace(), sim=SimulatedWhatsApp())  # type: ignore[arg-type]
-    routes = []
+    routes, sockets = [], []
     for route in app.routes:
-        assert isinstance(route, Route)
-        routes.append(route)
-    return routes
+        if isinstance(route, WebSocketRoute):
+            sockets.append(route)
+        else:
+            assert isinstance(route, Route)
+            routes.append(route)
+    return routes, sockets
+
+
+def app_routes() -> list[Route]:
+    return all_routes()[0]
+
+
+def properties(doc: dict[str, Any], schema: Any) -> dict[str, Any]:
+    """The properties a schema documents, through $ref and allOf."""
+    schema = resolve(doc, schema)
+    found: dict[str, Any] = dict(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        found |= properties(doc, part)
+    return found
 
 
 def v1_operations() -> list[tuple[str, str, dict[str, Any]]]:
@@ -148,6 +174,8 @@ def test_document_is_consistent() -> None:
                 assert operation["security"] == [{"bearerAuth": []}], path
             if path.startswith("/sessions"):
                 assert operation["security"] == [{}, {"adminToken": []}], path
+            if path.startswith("/media/"):
+                assert operation["security"] == [], path  # the signed link is the credential
     codes = set(doc["components"]["schemas"]["ErrorCode"]["enum"])
     table = {code for _, _, code in http_errors.ERROR_TABLE} | set(http_errors.HTTP_CODES.values())
     assert table | {http_errors.INTERNAL[1]} <= codes
@@ -243,3 +271,105 @@ async def test_docs_page_is_self_contained_html_naming_every_path(running: Runni
     assert csp == f"default-src 'none'; style-src 'sha256-{digest}'; frame-ancestors 'none'"
     assert f"<style>{STYLE}</style>" in page
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_websocket_routes_are_documented_with_their_close_codes() -> None:
+    """x-websockets names exactly the app's WebSocket routes, with the close codes ws.py uses."""
+    documented = document()["x-websockets"]
+    assert set(documented) == {route.path for route in all_routes()[1]}
+    codes = {ws.UNAUTHORIZED, ws.NOT_FOUND, ws.TOO_MANY, ws.INTERNAL, ws.TOO_SLOW, ws.GOING_AWAY}
+    for path, item in documented.items():
+        expected = codes if "{session_id}" in path else codes - {ws.NOT_FOUND}
+        assert {int(code) for code in item["closeCodes"]} == expected, path
+        assert item["summary"] and item["description"], path
+        assert item["security"] == V1_USER_SECURITY, path
+        assert "token" in {resolve(document(), p)["name"] for p in item["parameters"]}, path
+    frames = documented["/ws/sessions/{session_id}"]["frames"]
+    assert set(frames) == {"qr_update", "status_update", "message_received", "ping"}
+    for kind, frame in frames.items():
+        assert frame["type"] == kind
+
+
+def _record() -> AgentRecord:
+    now = datetime.now(UTC)
+    return AgentRecord(
+        id=uuid.uuid4(),
+        agent_id="agent-1",
+        name="Agent 1",
+        user_id="user-1",
+        api_key="key",
+        endpoint_url_run=None,
+        webhook_url="https://receiver.example.com/hook",
+        status="connected",
+        status_reason=None,
+        last_connected_at=None,
+        last_disconnected_at=None,
+        phone_number="6289876543210",
+        lid=None,
+        device_jid=None,
+        device_info=None,
+        created_at=now,
+        updated_at=now,
+        webhook_events=list(webhook_events.EVENTS),
+    )
+
+
+def _payloads() -> dict[str, dict[str, Any]]:
+    """One body of each event, as gatewayd/usecases/webhooks.py makes it."""
+    record = _record()
+    sender = phone_jid("6281234567890")
+    message = InboundMessage(
+        id="M1", chat=sender, sender=sender, timestamp_ms=1_733_048_100_000, text="Hello!"
+    )
+    edit = InboundMessage(
+        id="M2", chat=sender, sender=sender, timestamp_ms=1_733_048_160_000, text="Hi!",
+        is_edit=True, edited_id="M1",
+    )  # fmt: skip
+    made = [
+        webhook_events.inbound_delivery(record, message, default_country_code="62"),
+        webhook_events.inbound_delivery(record, edit, default_country_code="62"),
+        webhook_events.sent_delivery(
+            record, message_id="S1", to=sender, kind="text", text="Hi", timestamp_ms=1
+        ),
+        webhook_events.ack_delivery(
+            record, chat=sender, message_ids=["S1"], type="read", timestamp_ms=1
+        ),
+        webhook_events.status_delivery(record, status="connected", reason=None),
+        webhook_events.test_delivery(record),
+    ]
+    payloads = {}
+    for delivery in made:
+        assert delivery is not None
+        payloads[delivery.event] = dict(delivery.payload)
+    return payloads
+
+
+def test_webhooks_section_documents_each_event_as_the_code_makes_it() -> None:
+    """The webhooks section has every event the code sends, signed, with the code's fields."""
+    doc = document()
+    assert doc["openapi"].startswith("3.1"), "a top-level webhooks section needs OpenAPI 3.1"
+    payloads = _payloads()
+    assert set(doc["webhooks"]) == set(payloads) == {*webhook_events.EVENTS, webhook_events.TEST}
+    assert "message.revoked" not in doc["components"]["schemas"]["WebhookEventName"]["enum"]
+    assert set(doc["components"]["schemas"]["WebhookEventName"]["enum"]) == set(
+        webhook_events.EVENTS
+    )
+    for event, item in doc["webhooks"].items():
+        operation = item["post"]
+        headers = {resolve(doc, p)["name"] for p in operation["parameters"]}
+        assert headers == WEBHOOK_HEADERS, event
+        content = operation["requestBody"]["content"]["application/json"]
+        documented = properties(doc, content["schema"])
+        payload = payloads[event]
+        assert set(documented) == set(payload), event
+        examples = [content["example"]] if "example" in content else []
+        examples += [e["value"] for e in content.get("examples", {}).values()]
+        assert examples, event
+        for example in examples:
+            assert example["event"] == event
+            assert set(example) == set(payload), event
+        # The event's own part (message, ack, session, test), one level down.
+        (part,) = set(payload) - {"event", "session_id", "session_name", "timestamp"}
+        assert set(properties(doc, documented[part])) == set(payload[part]), event
+        for example in examples:
+            assert set(example[part]) == set(payload[part]), event

@@ -226,7 +226,7 @@ async def test_entries_name_both_forms_of_each_party(database: Database) -> None
     )
     assert (in_group.is_group, in_group.group_id, in_group.quoted_message_id) == (
         True,
-        "120363025246125486@g.us",
+        "120363025246125486",
         "OUT0",
     )
     sent = by_id["OUT1"]
@@ -247,7 +247,7 @@ async def test_entries_name_both_forms_of_each_party(database: Database) -> None
         "queued",
         None,
         True,
-        "120363025246125486@g.us",
+        "120363025246125486",
     )
 
 

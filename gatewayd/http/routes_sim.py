@@ -50,7 +50,8 @@ class SimHost(Protocol):
 
 @attrs.frozen
 class InProcess:
-    """The daemon's own network: nothing to save, and the callback runs in this process."""
+    """The daemon's own network: nothing to save; ``inject`` waits until the daemon's callback
+    returned (the message is committed), as it does against a simnet."""
 
     network: SimulatedWhatsApp
 
@@ -58,10 +59,10 @@ class InProcess:
         await trio.lowlevel.checkpoint()
 
     def watch(self, message_id: str) -> trio.Event | None:
-        return None
+        return self.network.watch_ack(message_id)
 
     def unwatch(self, message_id: str) -> None:
-        pass
+        self.network.unwatch_ack(message_id)
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -203,7 +204,7 @@ def _inject_one(sim: SimulatedWhatsApp, agent_id: str, body: dict[str, Any]) -> 
 
 
 async def inject(request: Request) -> Response:
-    """Deliver a message to the agent. With a simnet, answer 200 once the daemon acknowledged
+    """Deliver a message to the agent. Answer 200 once the daemon acknowledged
     it (its callback returned), 504 when that took over ``waitSeconds`` (the message stays
     queued), or 202 at once with ``"wait": false``."""
     host, agent_id = _host(request), request.path_params["agent_id"]

@@ -31,12 +31,22 @@ class DeliveryQuery:
             raise InvalidPayload("limit must be 1-200", details={"field": "limit"})
 
 
+@attrs.frozen
+class DeliveryPage:
+    deliveries: list[DeliveryRow]
+    #: The cursor of the next page; None on the last one.
+    next_cursor: int | None
+
+
 async def list_deliveries(
     services: Services, record: AgentRecord, query: DeliveryQuery
-) -> list[DeliveryRow]:
-    return await webhooks_store.list_deliveries(
-        services.db, record.id, query.status, query.limit, query.before
+) -> DeliveryPage:
+    # One more than the page: a full last page then says nothing follows it.
+    rows = await webhooks_store.list_deliveries(
+        services.db, record.id, query.status, query.limit + 1, query.before
     )
+    page = rows[: query.limit]
+    return DeliveryPage(page, page[-1].id if len(rows) > query.limit else None)
 
 
 async def replay(services: Services, record: AgentRecord, delivery_id: int) -> None:

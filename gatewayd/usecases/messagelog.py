@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from gatewayd.errors import InvalidPayload
-from gatewayd.jid import is_group, lid_of, phone_of
+from gatewayd.jid import group_id_of, is_group, lid_of, phone_of
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.db import Connection, Database
 
@@ -236,7 +236,7 @@ def _entry(agent: AgentRecord, row: tuple[Any, ...]) -> LogEntry:
         to_lid=to_lid,
         content=text,
         is_group=bool(group),
-        group_id=chat if group and chat else None,
+        group_id=group_id_of(chat) if group and chat else None,
         quoted_message_id=quoted_id,
         status=log_status,
         timestamp=created_at,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.jid import is_lid, lid_jid, lid_of, phone_jid, phone_of
+from gatewayd.jid import group_id_of, is_lid, lid_jid, lid_of, phone_jid, phone_of
 from gatewayd.nursery.forwarder import ignore_reason
 from gatewayd.nursery.mentions import mentions_agent
 from gatewayd.outbound.webhook import new_webhook_secret
@@ -157,7 +157,7 @@ def message_part(
     group_id = None
     if message.is_group:
         # The id part of ``…@g.us`` (parsing, not building, a JID).
-        group_id = message.chat.rpartition("@")[0] or message.chat
+        group_id = group_id_of(message.chat)
     return {
         "id": message.id,
         "from": phone,

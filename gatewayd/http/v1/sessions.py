@@ -24,6 +24,7 @@ from gatewayd.store import owned
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.owned import uptime_percentage
 from gatewayd.usecases import pairing, user_sessions
+from gatewayd.usecases.core import Services
 from gatewayd.usecases.identity import Principal
 from gatewayd.usecases.messagelog import LogEntry, MessageQuery, message_log
 from gatewayd.usecases.sessions import session_state
@@ -322,6 +323,11 @@ def _message_query(params: Any) -> MessageQuery:
     )
 
 
+def _received_media(found: Services, entry: LogEntry) -> str | None:
+    """A signed link to a received message's media (sent media is the client's own)."""
+    return found.media.url(entry.row_id, entry.type) if entry.direction == "incoming" else None
+
+
 def _log_entry(entry: LogEntry, media_url: str | None) -> dict[str, Any]:
     return {
         "message_id": entry.message_id,
@@ -348,9 +354,7 @@ async def list_messages(request: Request, principal: Principal) -> Response:
     found = services(request)
     page = await message_log(found.db, await _owned(request, principal), query)
     data = {
-        "messages": [
-            _log_entry(entry, found.media.url(entry.row_id, entry.type)) for entry in page.messages
-        ],
+        "messages": [_log_entry(entry, _received_media(found, entry)) for entry in page.messages],
         "next_cursor": page.next_cursor,
     }
     return ok(data, "Messages retrieved successfully")

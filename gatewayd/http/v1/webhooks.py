@@ -54,12 +54,13 @@ async def list_deliveries(request: Request, principal: Principal) -> Response:
         limit=_number(params.get("limit"), "limit", default=50) or 0,
         before=_number(params.get("cursor"), "cursor"),
     )
-    rows = await deliveries.list_deliveries(
+    page = await deliveries.list_deliveries(
         services(request), await _owned(request, principal), query
     )
+    cursor = page.next_cursor
     data = {
-        "deliveries": [_delivery(row) for row in rows],
-        "next_cursor": str(rows[-1].id) if len(rows) == query.limit else None,
+        "deliveries": [_delivery(row) for row in page.deliveries],
+        "next_cursor": str(cursor) if cursor is not None else None,
     }
     return ok(data, "Deliveries retrieved successfully")
 

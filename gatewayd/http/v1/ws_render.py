@@ -16,7 +16,7 @@ import trio
 
 from gatewayd.http.v1.common import iso
 from gatewayd.http.v1.render import dashboard_status, qr_data_url
-from gatewayd.jid import lid_jid, lid_of, phone_jid, phone_of
+from gatewayd.jid import group_id_of, lid_jid, lid_of, phone_jid, phone_of
 from gatewayd.nursery.mentions import mentions_agent
 from gatewayd.store.agents import AgentRecord
 from gatewayd.usecases.sessions import SessionState
@@ -136,7 +136,7 @@ def message_received(record: AgentRecord, data: dict[str, Any], country_code: st
         "type": _text(data, "mediaType") or "text",
         "content": text,
         "is_group": is_group,
-        "group_id": chat.partition("@")[0] if is_group else None,
+        "group_id": group_id_of(chat) if is_group else None,
         "is_mention": is_mention,
         "mentioned_numbers": [n for n in map(phone_of, mentioned) if n is not None],
         "quoted_message": quoted,

@@ -267,6 +267,8 @@ class SimulatedClient:
                     await events.send(event)
                     # Popped only once delivered: a cancelled send leaves it for redelivery.
                     conn.queue.popleft()
+                    if isinstance(event, MessageReceived):
+                        self._net.acknowledged(event.message.id)
                     if event is conn.end:
                         return conn.end
                 conn.wake = trio.Event()

@@ -63,6 +63,7 @@ class SimNetwork:
         self._push_names: dict[str, str] = {}  # PN JID -> push name
         self._groups: dict[str, tuple[str, ...]] = {}
         self._refusals: dict[str, int] = {}  # device JID -> connects still to refuse
+        self._ack_waiters: dict[str, trio.Event] = {}  # message id -> set once acknowledged
         self._stalls: dict[str, trio.Event] = {}  # agent id -> set when its stall ends
         self._media: dict[str, bytes] = {}  # media ref -> the bytes a test gave (in memory only)
         self._media_gone: set[str] = set()  # media refs whose download fails
@@ -135,6 +136,19 @@ class SimNetwork:
         return client
 
     # ------------------------------------------------------------------ used by the clients
+
+    def watch_ack(self, message_id: str) -> trio.Event:
+        """An event set once the daemon acknowledged the message (its callback returned)."""
+        return self._ack_waiters.setdefault(message_id, trio.Event())
+
+    def unwatch_ack(self, message_id: str) -> None:
+        self._ack_waiters.pop(message_id, None)
+
+    def acknowledged(self, message_id: str) -> None:
+        """A client handed the message over: the daemon has it (and committed it)."""
+        waiter = self._ack_waiters.pop(message_id, None)
+        if waiter is not None:
+            waiter.set()
 
     def pn_for(self, lid: str) -> str | None:
         """The phone-number JID behind a LID, when the network knows it."""
