@@ -11,7 +11,6 @@ never sees HTTP, and HTTP handlers see only ``Services`` and ``Ops``.
 
 from __future__ import annotations
 
-import http.cookiejar
 import os
 import signal
 import time
@@ -38,6 +37,7 @@ from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.bus import EventBus
 from gatewayd.nursery.cleanup import run_cleanup
 from gatewayd.nursery.forwarder import Forwarder
+from gatewayd.outbound import new_client
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.embedded import open_embedded_postgres
 from gatewayd.store.migrations import migrate_up
@@ -48,17 +48,6 @@ from gatewayd.whatsapp.port import WhatsAppBackend
 from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
 log = structlog.get_logger()
-
-
-def new_http_client() -> httpx.AsyncClient:
-    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(
-        trust_env=False,
-        cookies=no_cookies,
-        follow_redirects=False,
-        timeout=httpx.Timeout(30.0),
-        headers={"User-Agent": "gatewayd"},
-    )
 
 
 @attrs.define(eq=False)
@@ -225,7 +214,7 @@ async def run_gateway(
             secrets = await trio.to_thread.run_sync(
                 load_secret, config.auth, config.database.data_dir
             )
-            async with open_backend(config, db) as backend, new_http_client() as http:
+            async with open_backend(config, db) as backend, new_client() as http:
                 gateway = _assemble(config, db, backend, http, metrics, notifier, secrets)
                 gateway.config_path = config_path
                 gateway.environ = environ

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from gatewayd.config import Config
+from gatewayd.sweep import delete_old_files
 
 PART_SUFFIX = ".part"
 #: A half-written file older than this (a crash mid-write) is removed by the cleanup.
@@ -51,24 +52,12 @@ def write_media(directory: Path, row_id: int, data: bytes) -> str:
 def delete_old_media(directory: Path, *, older_than: float, now: float) -> list[str]:
     """Blocking: remove kept media whose mtime is more than ``older_than`` s before ``now``
     (and half-written files older than ``PART_MAX_AGE``); the names removed."""
-    removed: list[str] = []
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if entry.name.isdigit() and entry.name.isascii():
-            limit = older_than
-        elif entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
-            limit = PART_MAX_AGE
-        else:
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            if now - entry.stat(follow_symlinks=False).st_mtime > limit:
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        except FileNotFoundError:
-            continue  # removed meanwhile
-    return removed
+
+    def max_age(name: str) -> float | None:
+        if name.isdigit() and name.isascii():
+            return older_than
+        if name.startswith(".") and name.endswith(PART_SUFFIX):
+            return PART_MAX_AGE
+        return None
+
+    return delete_old_files(directory, max_age, now=now)

@@ -9,7 +9,6 @@ Both times are read on every round, so a SIGHUP changes them without a restart.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import trio
 
 from gatewayd.config import Config
 from gatewayd.media.files import delete_old_media, inbound_dir
+from gatewayd.sweep import delete_old_files
 
 log = structlog.get_logger()
 
@@ -27,21 +27,9 @@ PREVIEW_PREFIX = "gatewayd-preview-"
 
 def delete_old_previews(directory: Path, *, older_than: float, now: float) -> list[str]:
     """Blocking: remove our preview files whose mtime is more than ``older_than`` s before ``now``."""
-    removed: list[str] = []
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(PREVIEW_PREFIX) or not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            if now - entry.stat(follow_symlinks=False).st_mtime > older_than:
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        except FileNotFoundError:
-            continue  # someone else removed it first
-    return removed
+    return delete_old_files(
+        directory, lambda name: older_than if name.startswith(PREVIEW_PREFIX) else None, now=now
+    )
 
 
 async def run_cleanup(

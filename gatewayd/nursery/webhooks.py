@@ -18,7 +18,6 @@ failed try, recorded with its reason.
 
 from __future__ import annotations
 
-import http.cookiejar
 import json
 import uuid
 from collections import Counter
@@ -35,6 +34,7 @@ import trio
 from gatewayd.config import Config, WebhooksConfig
 from gatewayd.errors import StoreError
 from gatewayd.metrics import Metrics
+from gatewayd.outbound import new_client
 from gatewayd.outbound.webhook import Answer, new_webhook_secret, post_signed
 from gatewayd.store import agents as agents_store
 from gatewayd.store import webhooks as webhooks_store
@@ -67,16 +67,9 @@ def next_delay(tries: int, age: float, cfg: WebhooksConfig) -> float | None:
 
 
 def new_webhook_client() -> httpx.AsyncClient:
-    """The dispatcher's own client: no proxies from the environment, no cookies, no
-    redirects, its own connection pool (slow receivers never hold the AI client's)."""
-    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(
-        trust_env=False,
-        cookies=no_cookies,
-        follow_redirects=False,
-        timeout=httpx.Timeout(30.0),
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-    )
+    """The dispatcher's own client, with its own connection pool (slow receivers never hold
+    the AI client's)."""
+    return new_client(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
 
 #: A signed link to the media of a stored message (its row id and message type), or None.

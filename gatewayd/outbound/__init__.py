@@ -7,8 +7,10 @@ exceptions are translated in these modules into the project's tree (``gatewayd.e
 
 from __future__ import annotations
 
+import http.cookiejar
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import structlog
@@ -17,6 +19,21 @@ import trio
 from gatewayd.errors import BadGateway, UpstreamError
 
 log = structlog.get_logger(__name__)
+
+
+def new_client(**options: Any) -> httpx.AsyncClient:
+    """An outbound client: no proxies from the environment, no cookies carried from one
+    tenant's request to another's, no redirects followed (each hop must pass the address
+    guard), a 30 s default timeout; ``options`` add to or override these."""
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    settings: dict[str, Any] = {
+        "trust_env": False,
+        "cookies": no_cookies,
+        "follow_redirects": False,
+        "timeout": httpx.Timeout(30.0),
+        "headers": {"User-Agent": "gatewayd"},
+    }
+    return httpx.AsyncClient(**{**settings, **options})
 
 
 @contextmanager
