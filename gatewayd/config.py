@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -46,8 +47,9 @@ class ServerConfig:
     #: Address to listen on. Loopback by default: expose it on purpose.
     host: str = attrs.field(default="127.0.0.1", metadata=_restart())
     port: int = attrs.field(default=3000, metadata=_restart())
-    #: Public base URL (APP_BASE_URL), e.g. https://wa.example.com: the ``servers`` entry of
-    #: /openapi.json and /docs. Empty: the shipped http://localhost:3000.
+    #: Public base URL (APP_BASE_URL), e.g. https://wa.example.com: the base of the signed
+    #: media links and the ``servers`` entry of /openapi.json and /docs. Empty: the listen
+    #: address (media links) and the shipped http://localhost:3000 (the documents).
     base_url: str = attrs.field(default="", metadata=_live())
     #: Origins allowed by CORS; empty means no cross-origin access.
     cors_origins: list[str] = attrs.field(factory=list, metadata=_live())
@@ -212,6 +214,24 @@ class WebSocketConfig:
 
 
 @attrs.frozen
+class AnalyticsConfig:
+    """/api/v1/analytics (docs/contract/api-v1.md §10) and message retention
+    (gatewayd/nursery/retention.py)."""
+
+    #: IANA time zone days and peak hours are computed in when a request names none. The
+    #: rollups are hourly in UTC: a zone whose offset is not whole hours gets its day
+    #: boundaries at the nearest hour.
+    timezone: str = attrs.field(default="UTC", metadata=_live())
+    #: Longest date range one analytics request may ask for, in days.
+    max_range_days: int = attrs.field(default=366, metadata=_live())
+    #: Messages older than this many days are deleted (the rollups keep counting them);
+    #: 0 keeps them for ever.
+    retention_days: int = attrs.field(default=0, metadata=_live())
+    #: Messages deleted per transaction by retention (a pause follows each batch).
+    retention_batch: int = attrs.field(default=10000, metadata=_live())
+
+
+@attrs.frozen
 class AuthConfig:
     """/api/v1 identity: login tokens, the PIN hash key, and the request limits."""
 
@@ -247,6 +267,7 @@ class Config:
     auth: AuthConfig = attrs.field(factory=AuthConfig)
     webhooks: WebhooksConfig = attrs.field(factory=WebhooksConfig)
     websocket: WebSocketConfig = attrs.field(factory=WebSocketConfig)
+    analytics: AnalyticsConfig = attrs.field(factory=AnalyticsConfig)
 
     @classmethod
     def from_toml(
@@ -435,6 +456,29 @@ def _check_values(config: Config) -> Iterator[str]:
         yield "websocket: ping_interval must be > 0 and queue >= 1"
     yield from _check_media(config.media)
     yield from _check_webhooks(config.webhooks)
+    yield from _check_analytics(config.analytics)
+
+
+def _check_analytics(a: AnalyticsConfig) -> Iterator[str]:
+    if not valid_timezone(a.timezone):
+        yield f"analytics.timezone: {a.timezone!r} is not a known IANA time zone"
+    if not 1 <= a.max_range_days <= 3660:
+        yield f"analytics.max_range_days: expected 1..3660, got {a.max_range_days}"
+    if a.retention_days < 0:
+        yield f"analytics.retention_days: expected >= 0 (0 keeps for ever), got {a.retention_days}"
+    if not 1 <= a.retention_batch <= 1_000_000:
+        yield f"analytics.retention_batch: expected 1..1000000, got {a.retention_batch}"
+
+
+def valid_timezone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone this system knows (zoneinfo)."""
+    if not name or name != name.strip():
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def _check_media(m: MediaConfig) -> Iterator[str]:

@@ -37,6 +37,7 @@ from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.bus import EventBus
 from gatewayd.nursery.cleanup import run_cleanup
 from gatewayd.nursery.forwarder import Forwarder
+from gatewayd.nursery.retention import run_retention
 from gatewayd.outbound import new_client
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.embedded import open_embedded_postgres
@@ -311,6 +312,11 @@ async def _run_tasks(
         )
         await nursery.start(gateway.services.keysync.run)
         await nursery.start(gateway.services.media.run)
+        await nursery.start(
+            lambda task_status: run_retention(
+                gateway.db, lambda: gateway.config, task_status=task_status
+            )
+        )
         nursery.start_soon(_purge_revoked_tokens, gateway.db)
         sim = gateway.backend if isinstance(gateway.backend, SimulatedWhatsApp) else None
         app = create_app(gateway.services, gateway, sim=sim)

@@ -141,6 +141,8 @@ def test_every_key_has_an_environment_name() -> None:
                 "media.inbound_concurrency": "8",
                 "media.link_ttl": "3600",
                 "webhooks.schedule": "5, 10.5",
+                "analytics.timezone": "Asia/Jakarta",
+                "analytics.max_range_days": "731",
             }
             sample = special.get(f"{section.name}.{field.name}") or samples.get(type(default))
             if sample is None:  # other strings: any value different from the default

@@ -130,6 +130,8 @@ async def test_up_down_up_leaves_the_same_schema(pg_dsn: str) -> None:
             "revoked_tokens",
             "webhook_deliveries",
             "webhook_attempts",
+            "agent_status_history",
+            "analytics_hourly",
         }
 
         reverted = await migrate_down(db, steps=len(applied))

@@ -281,7 +281,7 @@ async def test_activity_counts_the_agents_own_rows(database: Database) -> None:
     execution = await executions_store.record_execution(
         database, agent.id, request={}, response={"output": "hi"}, duration=0.2, status="success"
     )
-    later = T0 + timedelta(hours=1)
-    await _sql(database, "UPDATE ai_executions SET created_at = %s WHERE id = %s", later, execution)
+    # Counted when written (sql/009_analytics), at the time it was stored.
+    [(at,)] = await _sql(database, "SELECT created_at FROM ai_executions WHERE id = %s", execution)
     activity = await owned.session_activity(database, agent.id)
-    assert (activity.executions, activity.last_activity) == (1, later)
+    assert (activity.executions, activity.last_activity) == (1, at)

@@ -25,6 +25,7 @@ from gatewayd.http.routes_media import media_routes
 from gatewayd.http.routes_ops import Ops, ops_routes
 from gatewayd.http.routes_sim import InProcess, sim_routes
 from gatewayd.http.v1.agents import agents_v1_routes
+from gatewayd.http.v1.analytics import analytics_routes
 from gatewayd.http.v1.auth import auth_routes
 from gatewayd.http.v1.sessions import sessions_routes
 from gatewayd.http.v1.webhooks import webhook_routes
@@ -57,6 +58,7 @@ def create_app(
         *agents_v1_routes(),
         *sessions_routes(),
         *webhook_routes(),
+        *analytics_routes(),
         *ws_routes(),
         *media_routes(services.media),
         *docs_routes(settings=settings),

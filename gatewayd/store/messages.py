@@ -59,12 +59,17 @@ def _received_at(timestamp_ms: int) -> datetime:
     return datetime.now(UTC)
 
 
-_INSERT_INBOUND = (
+_INBOUND_COLUMNS = (
     "INSERT INTO messages (agent_id, direction, type, chat_jid, chat_lid, sender_jid, sender_lid,"
     " is_group, push_name, text, quoted_id, media, wa_message_id, status, trace_id, received_at,"
-    " payload, mentioned_jids)"
-    " VALUES (%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s)"
-    " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING RETURNING id"
+    " payload, mentioned_jids) VALUES "
+)
+_INBOUND_ROW = (
+    "(%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s)"
+)
+_INBOUND_CONFLICT = (
+    " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING"
+    " RETURNING id, agent_id, wa_message_id"
 )
 
 
@@ -107,17 +112,24 @@ async def insert_inbound_batch(db: Database, items: Sequence[NewInbound]) -> lis
 
     A newly stored message's ``webhook`` delivery is inserted in the same transaction (the
     outbox); a redelivered one adds none."""
+    if not items:
+        return []
     params = [_inbound_params(item) for item in items]
 
+    # One statement for the whole batch: the analytics rollup trigger then runs once per
+    # batch, not once per message.
+    query = (
+        _INBOUND_COLUMNS + ", ".join([_INBOUND_ROW] * len(params)) + _INBOUND_CONFLICT
+    ).encode()
+    flat = [value for row in params for value in row]
+
     def work(conn: Connection) -> list[int | None]:
-        ids: list[int | None] = []
-        with conn.cursor() as cur:
-            cur.executemany(_INSERT_INBOUND, params, returning=True)
-            while True:
-                row = cur.fetchone()
-                ids.append(None if row is None else int(row[0]))
-                if not cur.nextset():
-                    break
+        inserted = {
+            (agent_id, wa_id): int(row_id)
+            for row_id, agent_id, wa_id in conn.execute(query, flat).fetchall()
+        }
+        # A redelivery (stored before, or twice in this batch) gets None: the first wins.
+        ids = [inserted.pop((item.agent_uuid, item.message.id), None) for item in items]
         webhooks_store.insert_for_messages(
             conn,
             [

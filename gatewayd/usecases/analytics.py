@@ -1,0 +1,308 @@
+"""Analytics of sessions (docs/contract/api-v1.md §10), read from the hourly rollups only.
+
+Every answer is computed from ``analytics_hourly`` rows (one per agent and UTC hour with traffic)
+and the status history, never from the messages table, so its cost grows with the hours in the
+range, not with the number of stored messages. Days, weeks, months and peak hours are those of a
+time zone: an hour bucket belongs to the local date and hour of its middle, so a zone whose
+offset is not whole hours (Asia/Kolkata, +05:30) gets its day boundaries at the nearest UTC hour.
+
+"Handled" counts both ways a message is handled: the AI forwarder's executions and webhook
+deliveries (every try: a delivery that failed twice and then succeeded is two errors and one
+handled call). Response times are the mean duration of those calls.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Literal
+
+import attrs
+
+from gatewayd.errors import InvalidPayload
+from gatewayd.store import analytics as analytics_store
+from gatewayd.store import owned
+from gatewayd.store.agents import AgentRecord
+from gatewayd.store.analytics import HourRow
+from gatewayd.usecases.core import Services
+
+Period = Literal["daily", "weekly", "monthly"]
+PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")
+MESSAGE_TYPES = ("text", "image", "document", "audio", "video")
+#: How many sessions the overview ranks.
+TOP_SESSIONS = 5
+#: How many days the per-session report covers when no start is given.
+DEFAULT_DAYS = 30
+
+_HOUR = timedelta(hours=1)
+_HALF_HOUR = timedelta(minutes=30)
+
+
+@attrs.frozen
+class ReportQuery:
+    """``GET /api/v1/analytics/sessions/{id}``: dates are local to ``tz``, both inclusive;
+    None means the default (the last 30 days, ending today)."""
+
+    period: Period
+    start: date | None
+    end: date | None
+    tz: tzinfo
+
+
+@attrs.define
+class Tally:
+    """Counters summed over some hour buckets."""
+
+    inbound: int = 0
+    private: int = 0
+    group: int = 0
+    mentions: int = 0
+    types: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(MESSAGE_TYPES, 0))
+    ai_ok: int = 0
+    ai_failed: int = 0
+    ai_ms: int = 0
+    webhook_ok: int = 0
+    webhook_failed: int = 0
+    webhook_ms: int = 0
+
+    def add(self, row: HourRow) -> None:
+        self.inbound += row.inbound
+        self.private += row.private_messages
+        self.group += row.group_messages
+        self.mentions += row.group_mentions
+        for kind in MESSAGE_TYPES:
+            self.types[kind] += getattr(row, f"type_{kind}")
+        self.ai_ok += row.ai_ok
+        self.ai_failed += row.ai_failed
+        self.ai_ms += row.ai_ms_sum
+        self.webhook_ok += row.webhook_ok
+        self.webhook_failed += row.webhook_failed
+        self.webhook_ms += row.webhook_ms_sum
+
+    @property
+    def handled(self) -> int:
+        return self.ai_ok + self.webhook_ok
+
+    @property
+    def errors(self) -> int:
+        return self.ai_failed + self.webhook_failed
+
+    @property
+    def success_rate(self) -> float:
+        """Successful calls over all calls, in percent (0 when there were none)."""
+        calls = self.handled + self.errors
+        return round(100 * self.handled / calls, 1) if calls else 0.0
+
+    @property
+    def average_ms(self) -> int:
+        """The mean duration of the calls, in whole milliseconds (0 when there were none)."""
+        calls = self.handled + self.errors
+        return round((self.ai_ms + self.webhook_ms) / calls) if calls else 0
+
+
+@attrs.frozen
+class Bucket:
+    """One entry of the breakdown: a day, a week (its Monday) or a month (its first day)."""
+
+    date: date
+    tally: Tally
+
+
+@attrs.frozen
+class SessionReport:
+    record: AgentRecord
+    period: Period
+    start: date
+    end: date
+    summary: Tally
+    uptime_percentage: float
+    #: Inbound messages per local hour of day with any, in hour order.
+    peak_hours: list[tuple[int, int]]
+    breakdown: list[Bucket]
+
+
+@attrs.frozen
+class SessionRank:
+    record: AgentRecord
+    month: Tally
+
+
+@attrs.frozen
+class Overview:
+    total_sessions: int
+    active_sessions: int
+    today: int
+    this_week: int
+    this_month: int
+    #: Every session's calls this month together.
+    month: Tally
+    top: list[SessionRank]
+
+
+def local_of(hour: datetime, tz: tzinfo) -> datetime:
+    """The local time a UTC hour bucket counts at: that of its middle."""
+    return (hour + _HALF_HOUR).astimezone(tz)
+
+
+def period_start(day: date, period: Period) -> date:
+    if period == "weekly":
+        return day - timedelta(days=day.weekday())
+    if period == "monthly":
+        return day.replace(day=1)
+    return day
+
+
+def _utc_midnight(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+
+
+def _hours_covering(first: date, last: date, tz: tzinfo) -> tuple[datetime, datetime]:
+    """UTC hour bounds wide enough for every bucket whose local date is in [first, last]
+    (callers filter by ``local_of``)."""
+    start = _utc_midnight(first, tz).replace(minute=0, second=0, microsecond=0) - _HOUR
+    end = _utc_midnight(last + timedelta(days=1), tz).replace(minute=0, second=0, microsecond=0)
+    return start, end + 2 * _HOUR
+
+
+def _bad(field: str, message: str) -> InvalidPayload:
+    return InvalidPayload(message, details={"field": field})
+
+
+def resolve_range(query: ReportQuery, today: date, max_days: int) -> tuple[date, date]:
+    """The query's dates with defaults applied; InvalidPayload naming the field when reversed
+    or longer than ``max_days``."""
+    end = query.end if query.end is not None else today
+    try:
+        start = query.start if query.start is not None else end - timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError:
+        raise _bad("end_date", "'end_date' is out of range") from None
+    if end < start:
+        field = "end_date" if query.end is not None else "start_date"
+        raise _bad(field, f"'end_date' ({end}) is before 'start_date' ({start})")
+    if (end - start).days + 1 > max_days:
+        raise _bad("end_date", f"the range is longer than {max_days} days")
+    return start, end
+
+
+def uptime_percentage(
+    history: Sequence[tuple[str, datetime]], start: datetime, end: datetime
+) -> float:
+    """Share of [start, end] spent connected, in percent with one decimal. Time before the
+    first recorded status (the session did not exist yet) is not part of the range."""
+    if not history:
+        return 0.0
+    begin = max(start, history[0][1])
+    if end <= begin:
+        return 0.0
+    connected = 0.0
+    for index, (status, at) in enumerate(history):
+        until = history[index + 1][1] if index + 1 < len(history) else end
+        lo, hi = max(at, begin), min(until, end)
+        if status == "connected" and hi > lo:
+            connected += (hi - lo).total_seconds()
+    return round(100 * connected / (end - begin).total_seconds(), 1)
+
+
+def _breakdown(
+    rows: Iterable[HourRow], query: ReportQuery, start: date, end: date
+) -> tuple[Tally, list[Bucket], list[tuple[int, int]]]:
+    summary = Tally()
+    buckets: dict[date, Tally] = {}
+    day = start
+    while day <= end:  # every bucket of the range, the empty ones too (a chart's x axis)
+        buckets.setdefault(period_start(day, query.period), Tally())
+        day += timedelta(days=1)
+    hours = [0] * 24
+    for row in rows:
+        local = local_of(row.hour, query.tz)
+        if not start <= local.date() <= end:
+            continue
+        summary.add(row)
+        buckets[period_start(local.date(), query.period)].add(row)
+        hours[local.hour] += row.inbound
+    peaks = [(hour, count) for hour, count in enumerate(hours) if count]
+    return summary, [Bucket(d, t) for d, t in sorted(buckets.items())], peaks
+
+
+async def session_report(
+    services: Services, record: AgentRecord, query: ReportQuery, now: datetime
+) -> SessionReport:
+    """The report of one session (the caller has checked it is the user's)."""
+    start, end = resolve_range(
+        query, now.astimezone(query.tz).date(), services.config.analytics.max_range_days
+    )
+    lo, hi = _hours_covering(start, end, query.tz)
+    rows = await analytics_store.hourly(services.db, [record.id], lo, hi)
+    summary, buckets, peaks = _breakdown(rows, query, start, end)
+    range_start = _utc_midnight(start, query.tz)
+    range_end = min(_utc_midnight(end + timedelta(days=1), query.tz), now)
+    history = await analytics_store.status_history(services.db, record.id, range_start, range_end)
+    return SessionReport(
+        record=record,
+        period=query.period,
+        start=start,
+        end=end,
+        summary=summary,
+        uptime_percentage=uptime_percentage(history, range_start, range_end),
+        peak_hours=peaks,
+        breakdown=buckets,
+    )
+
+
+def _is_connected(services: Services, record: AgentRecord) -> bool:
+    handle = services.agents.get(record.agent_id)
+    return handle is not None and handle.connected
+
+
+async def overview(services: Services, user_id: str, tz: tzinfo, now: datetime) -> Overview:
+    """All of the user's sessions: today, this week (from Monday) and this month in ``tz``."""
+    records = await owned.list_sessions(services.db, user_id)
+    today = now.astimezone(tz).date()
+    week, month_start = period_start(today, "weekly"), period_start(today, "monthly")
+    rows: list[HourRow] = []
+    if records:
+        lo, hi = _hours_covering(min(week, month_start), today, tz)
+        rows = await analytics_store.hourly(services.db, [r.id for r in records], lo, hi)
+    months: dict[uuid.UUID, Tally] = {record.id: Tally() for record in records}
+    total = Tally()
+    today_count = week_count = 0
+    for row in rows:
+        day = local_of(row.hour, tz).date()
+        if day > today:
+            continue
+        if day >= month_start:
+            months[row.agent_id].add(row)
+            total.add(row)
+        week_count += row.inbound if day >= week else 0
+        today_count += row.inbound if day == today else 0
+    ranked = sorted(
+        (SessionRank(record, months[record.id]) for record in records),
+        key=lambda rank: (-rank.month.inbound, rank.record.name, str(rank.record.id)),
+    )
+    return Overview(
+        total_sessions=len(records),
+        active_sessions=sum(_is_connected(services, record) for record in records),
+        today=today_count,
+        this_week=week_count,
+        this_month=total.inbound,
+        month=total,
+        top=[rank for rank in ranked if rank.month.inbound][:TOP_SESSIONS],
+    )
+
+
+__all__ = [
+    "PERIODS",
+    "Bucket",
+    "Overview",
+    "ReportQuery",
+    "SessionRank",
+    "SessionReport",
+    "Tally",
+    "local_of",
+    "overview",
+    "period_start",
+    "resolve_range",
+    "session_report",
+    "uptime_percentage",
+]
