@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 import attrs
 from psycopg.rows import class_row
@@ -85,6 +85,67 @@ async def hourly(
                 (list(agent_ids), start, end),
             )
             return cur.fetchall()
+
+    return await db.run(work)
+
+
+#: The local time of an hour bucket's middle: the rule that puts a bucket in a local day (a zone
+#: whose offset is not whole hours gets its day boundaries at the nearest UTC hour).
+_LOCAL = "((hour + interval '30 minutes') AT TIME ZONE %(tz)s)"
+
+
+async def local_days(
+    db: Database,
+    agent_ids: Sequence[uuid.UUID],
+    start: datetime,
+    end: datetime,
+    tz: str,
+) -> list[tuple[date, HourRow]]:
+    """The rollups of these agents with ``start <= hour < end`` summed per local day of the
+    IANA zone ``tz``, oldest first: one row a day however busy the hours were (``agent_id`` is
+    the first agent's, ``hour`` the day's first bucket)."""
+    sums = ", ".join(f"sum({name})::bigint AS {name}" for name in COUNTERS)
+    query = (
+        f"SELECT {_LOCAL}::date AS day, min(agent_id::text)::uuid AS agent_id, min(hour) AS hour,"
+        f" {sums}, max(last_activity) AS last_activity FROM analytics_hourly"
+        " WHERE agent_id = ANY(%(ids)s) AND hour >= %(start)s AND hour < %(end)s"
+        " GROUP BY 1 ORDER BY 1"
+    )
+    params = {"ids": list(agent_ids), "start": start, "end": end, "tz": tz}
+
+    def work(conn: Connection) -> list[tuple[date, HourRow]]:
+        rows = conn.execute(query.encode(), params).fetchall()
+        return [(row[0], HourRow(*row[1:])) for row in rows]
+
+    return await db.run(work)
+
+
+async def local_hours(
+    db: Database,
+    agent_ids: Sequence[uuid.UUID],
+    days: tuple[date, date],
+    start: datetime,
+    end: datetime,
+    tz: str,
+) -> dict[int, int]:
+    """Received messages per local hour of the day (zone ``tz``) over the local ``days``
+    (first and last, inclusive), for peak hours: only the hours with messages."""
+    query = (
+        f"SELECT extract(hour FROM {_LOCAL})::int, sum(inbound)::bigint FROM analytics_hourly"
+        " WHERE agent_id = ANY(%(ids)s) AND hour >= %(start)s AND hour < %(end)s"
+        f" AND inbound > 0 AND {_LOCAL}::date BETWEEN %(first)s AND %(last)s GROUP BY 1"
+    )
+    params = {
+        "ids": list(agent_ids),
+        "start": start,
+        "end": end,
+        "tz": tz,
+        "first": days[0],
+        "last": days[1],
+    }
+
+    def work(conn: Connection) -> dict[int, int]:
+        return {int(r[0]): int(r[1]) for r in conn.execute(query.encode(), params)}
 
     return await db.run(work)
 

@@ -205,24 +205,25 @@ def uptime_percentage(
 
 
 def _breakdown(
-    rows: Iterable[HourRow], query: ReportQuery, start: date, end: date
-) -> tuple[Tally, list[Bucket], list[tuple[int, int]]]:
+    days: Iterable[tuple[date, HourRow]], query: ReportQuery, start: date, end: date
+) -> tuple[Tally, list[Bucket]]:
     summary = Tally()
     buckets: dict[date, Tally] = {}
     day = start
     while day <= end:  # every bucket of the range, the empty ones too (a chart's x axis)
         buckets.setdefault(period_start(day, query.period), Tally())
         day += timedelta(days=1)
-    hours = [0] * 24
-    for row in rows:
-        local = local_of(row.hour, query.tz)
-        if not start <= local.date() <= end:
+    for local_day, row in days:
+        if not start <= local_day <= end:
             continue
         summary.add(row)
-        buckets[period_start(local.date(), query.period)].add(row)
-        hours[local.hour] += row.inbound
-    peaks = [(hour, count) for hour, count in enumerate(hours) if count]
-    return summary, [Bucket(d, t) for d, t in sorted(buckets.items())], peaks
+        buckets[period_start(local_day, query.period)].add(row)
+    return summary, [Bucket(d, t) for d, t in sorted(buckets.items())]
+
+
+def zone_name(tz: tzinfo) -> str:
+    """The IANA name of a zone, as PostgreSQL takes it."""
+    return str(getattr(tz, "key", None) or "UTC")
 
 
 async def session_report(
@@ -233,8 +234,15 @@ async def session_report(
         query, now.astimezone(query.tz).date(), services.config.analytics.max_range_days
     )
     lo, hi = _hours_covering(start, end, query.tz)
-    rows = await analytics_store.hourly(services.db, [record.id], lo, hi)
-    summary, buckets, peaks = _breakdown(rows, query, start, end)
+    # Summed per local day and hour of the day by the database: what is read here is at most
+    # one row a day and 24 hours, however busy the session was.
+    zone = zone_name(query.tz)
+    days = await analytics_store.local_days(services.db, [record.id], lo, hi, zone)
+    summary, buckets = _breakdown(days, query, start, end)
+    by_hour = await analytics_store.local_hours(
+        services.db, [record.id], (start, end), lo, hi, zone
+    )
+    peaks = sorted(by_hour.items())
     range_start = _utc_midnight(start, query.tz)
     range_end = min(_utc_midnight(end + timedelta(days=1), query.tz), now)
     history = await analytics_store.status_history(services.db, record.id, range_start, range_end)
