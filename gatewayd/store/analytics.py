@@ -101,15 +101,15 @@ async def local_days(
     end: datetime,
     tz: str,
 ) -> list[tuple[date, HourRow]]:
-    """The rollups of these agents with ``start <= hour < end`` summed per local day of the
-    IANA zone ``tz``, oldest first: one row a day however busy the hours were (``agent_id`` is
-    the first agent's, ``hour`` the day's first bucket)."""
+    """The rollups of these agents with ``start <= hour < end`` summed per agent and local day
+    of the IANA zone ``tz``, by agent then day: one row per agent and day however busy the
+    hours were (``hour`` is the day's first bucket)."""
     sums = ", ".join(f"sum({name})::bigint AS {name}" for name in COUNTERS)
     query = (
-        f"SELECT {_LOCAL}::date AS day, min(agent_id::text)::uuid AS agent_id, min(hour) AS hour,"
+        f"SELECT {_LOCAL}::date AS day, agent_id, min(hour) AS hour,"
         f" {sums}, max(last_activity) AS last_activity FROM analytics_hourly"
         " WHERE agent_id = ANY(%(ids)s) AND hour >= %(start)s AND hour < %(end)s"
-        " GROUP BY 1 ORDER BY 1"
+        " GROUP BY agent_id, 1 ORDER BY agent_id, 1"
     )
     params = {"ids": list(agent_ids), "start": start, "end": end, "tz": tz}
 

@@ -36,7 +36,6 @@ TOP_SESSIONS = 5
 DEFAULT_DAYS = 30
 
 _HOUR = timedelta(hours=1)
-_HALF_HOUR = timedelta(minutes=30)
 
 
 @attrs.frozen
@@ -140,11 +139,6 @@ class Overview:
     top: list[SessionRank]
 
 
-def local_of(hour: datetime, tz: tzinfo) -> datetime:
-    """The local time a UTC hour bucket counts at: that of its middle."""
-    return (hour + _HALF_HOUR).astimezone(tz)
-
-
 def period_start(day: date, period: Period) -> date:
     if period == "weekly":
         return day - timedelta(days=day.weekday())
@@ -159,7 +153,7 @@ def _utc_midnight(day: date, tz: tzinfo) -> datetime:
 
 def _hours_covering(first: date, last: date, tz: tzinfo) -> tuple[datetime, datetime]:
     """UTC hour bounds wide enough for every bucket whose local date is in [first, last]
-    (callers filter by ``local_of``)."""
+    (callers filter by local date: the store puts a bucket in the local day of its middle)."""
     start = _utc_midnight(first, tz).replace(minute=0, second=0, microsecond=0) - _HOUR
     end = _utc_midnight(last + timedelta(days=1), tz).replace(minute=0, second=0, microsecond=0)
     return start, end + 2 * _HOUR
@@ -268,15 +262,16 @@ async def overview(services: Services, user_id: str, tz: tzinfo, now: datetime) 
     records = await owned.list_sessions(services.db, user_id)
     today = now.astimezone(tz).date()
     week, month_start = period_start(today, "weekly"), period_start(today, "monthly")
-    rows: list[HourRow] = []
+    days: list[tuple[date, HourRow]] = []
     if records:
+        # Summed per session and local day by the database: a row per session and day.
         lo, hi = _hours_covering(min(week, month_start), today, tz)
-        rows = await analytics_store.hourly(services.db, [r.id for r in records], lo, hi)
+        ids = [r.id for r in records]
+        days = await analytics_store.local_days(services.db, ids, lo, hi, zone_name(tz))
     months: dict[uuid.UUID, Tally] = {record.id: Tally() for record in records}
     total = Tally()
     today_count = week_count = 0
-    for row in rows:
-        day = local_of(row.hour, tz).date()
+    for day, row in days:
         if day > today:
             continue
         if day >= month_start:
@@ -307,7 +302,6 @@ __all__ = [
     "SessionRank",
     "SessionReport",
     "Tally",
-    "local_of",
     "overview",
     "period_start",
     "resolve_range",
