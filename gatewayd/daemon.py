@@ -85,10 +85,6 @@ class Gateway:
         """Bring gauges that are computed on demand up to date (before /metrics)."""
         self.agents.refresh_gauges()
 
-    @property
-    def http(self) -> httpx.AsyncClient:
-        return self.services.http
-
     def request_stop(self) -> None:
         self.stop_requested.set()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import attrs
@@ -59,10 +58,6 @@ class SessionState:
     has_client: bool
     qr: QrSnapshot | None
     qr_state: QrState | None
-
-    @property
-    def updated_at(self) -> datetime:
-        return self.record.updated_at
 
 
 async def qr_png(snapshot: QrSnapshot | None, state: QrState | None = None) -> bytes | None:

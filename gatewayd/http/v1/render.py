@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from gatewayd.store.agents import AgentRecord
 from gatewayd.usecases import sessions
 from gatewayd.usecases.sessions import SessionState
 from gatewayd.whatsapp.qr import QrSnapshot, QrState
@@ -39,10 +38,6 @@ async def qr_data_url(snapshot: QrSnapshot | None, state: QrState | None = None)
 
 def expires_in(snapshot: QrSnapshot | None) -> int | None:
     return None if snapshot is None else int(snapshot.expires_in())
-
-
-def phone(record: AgentRecord) -> str | None:
-    return record.phone_number
 
 
 def session_summary(state: SessionState) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import trio
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gatewayd.config import WebSocketConfig
 from gatewayd.errors import GatewayError, SessionNotFound, Unauthorized
 from gatewayd.http.v1 import ws_render
 from gatewayd.nursery.bus import BusEvent, EventBus, Subscription
@@ -67,22 +68,6 @@ GOING_AWAY = 1001
 MARKER = "bearer"
 #: Bus events a client is shown.
 SHOWN = frozenset({"status", "qr", "message"})
-
-
-@attrs.frozen
-class WebSocketSettings:
-    #: Seconds without a frame after which a ping frame is sent.
-    ping_interval: float = 20.0
-    #: Events waiting per connection; one more closes it with 1013.
-    queue: int = 64
-
-
-class _Knobs(Protocol):
-    @property
-    def ping_interval(self) -> float: ...
-
-    @property
-    def queue(self) -> int: ...
 
 
 @runtime_checkable
@@ -118,7 +103,7 @@ class _Connection:
     found: Services
     principal: Principal
     websocket: WebSocket
-    knobs: _Knobs
+    knobs: WebSocketConfig
     #: The sessions this connection may show, by agent id (None: someone else's).
     records: dict[str, AgentRecord | None]
     #: Whether sessions created after connecting are shown too (``/ws/sessions``).
@@ -260,13 +245,13 @@ async def _records(
 Endpoint = Callable[[WebSocket], Awaitable[None]]
 
 
-def _endpoint(settings: WebSocketSettings | None) -> Endpoint:
+def _endpoint() -> Endpoint:
     async def endpoint(websocket: WebSocket) -> None:
         found: Services = websocket.app.state.services
         ops = getattr(websocket.app.state, "ops", None)
         stopping = ops.stop_requested if isinstance(ops, _Stoppable) else None
         _, echo = _credential(websocket)
-        knobs: _Knobs = settings or found.config.websocket
+        knobs = found.config.websocket  # live: a reload applies to new connections
         await websocket.accept(subprotocol=echo)
         found.metrics.ws_connections.inc()
         try:
@@ -281,7 +266,7 @@ def _endpoint(settings: WebSocketSettings | None) -> Endpoint:
 
 
 async def _serve(
-    found: Services, websocket: WebSocket, knobs: _Knobs, stopping: trio.Event | None
+    found: Services, websocket: WebSocket, knobs: WebSocketConfig, stopping: trio.Event | None
 ) -> tuple[int | None, str]:
     """Serve one accepted socket; the close code and reason to end it with (None: it ended)."""
     try:
@@ -305,10 +290,9 @@ async def _serve(
     return code, {TOO_SLOW: "Too slow", GOING_AWAY: "Server stopping"}.get(code or 0, "")
 
 
-def ws_routes(settings: WebSocketSettings | None = None) -> list[BaseRoute]:
-    """The WebSocket routes. ``settings``: fixed knobs (tests); otherwise the live config's
-    ``websocket`` section when it has one, else the defaults."""
-    endpoint = _endpoint(settings)
+def ws_routes() -> list[BaseRoute]:
+    """The WebSocket routes (their knobs: the live config's ``websocket`` section)."""
+    endpoint = _endpoint()
     return [
         WebSocketRoute("/ws/sessions", endpoint),
         WebSocketRoute("/ws/sessions/{session_id}", endpoint),

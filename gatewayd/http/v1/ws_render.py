@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from gatewayd.http.v1.common import iso
-from gatewayd.http.v1.render import dashboard_status, qr_data_url
+from gatewayd.http.v1.render import dashboard_status, expires_in, qr_data_url
 from gatewayd.jid import group_id_of, lid_jid, lid_of, phone_jid, phone_of
 from gatewayd.nursery.mentions import mentions_agent
 from gatewayd.store.agents import AgentRecord
@@ -56,17 +56,13 @@ def status_update(record: AgentRecord, status: str) -> str:
     return frame("status_update", record, data)
 
 
-def _remaining(created_at: float, expires_in: float) -> int:
-    return int(max(0.0, created_at + expires_in - trio.current_time()))
-
-
 async def current_qr(record: AgentRecord, state: SessionState) -> str | None:
     """The QR showing now, as a frame; None when there is none."""
     snapshot = state.qr if state.status == "awaiting_qr" else None
     if snapshot is None:
         return None
     code = await qr_data_url(snapshot, state.qr_state)
-    data = {"qr_code": code, "expires_in": int(snapshot.expires_in())}
+    data = {"qr_code": code, "expires_in": expires_in(snapshot)}
     return frame("qr_update", record, data)
 
 
@@ -76,14 +72,14 @@ async def qr_update(record: AgentRecord, data: dict[str, Any], state: QrState | 
     if not isinstance(payload, str) or not payload:
         return None
     created_at = float(data.get("createdAt") or trio.current_time())
-    expires_in = float(data.get("expiresIn") or 0.0)
+    lifetime = float(data.get("expiresIn") or 0.0)
     latest = state.latest if state is not None else None
     if latest is None or latest.payload != payload:
-        latest = QrSnapshot(QrCode(payload, int(data.get("index") or 0), expires_in), created_at)
+        latest = QrSnapshot(QrCode(payload, int(data.get("index") or 0), lifetime), created_at)
     code = await qr_data_url(latest, state)
     if code is None:
         return None
-    data = {"qr_code": code, "expires_in": _remaining(created_at, expires_in)}
+    data = {"qr_code": code, "expires_in": expires_in(latest)}
     return frame("qr_update", record, data)
 
 
