@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -59,3 +60,12 @@ async def database(pg_dsn: str) -> AsyncIterator[Database]:
 
 # The gateway itself, started in-process as production starts it.
 pytest_plugins = ["tests.gateway_fixtures"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (``item.report_call``), so a fixture's
+    teardown can tell whether the test failed (the browser tests then save a screenshot)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

@@ -53,8 +53,9 @@ async def client(running: Running, nursery: trio.Nursery) -> AsyncIterator[httpx
 
 
 async def test_unknown_route_is_404_in_both_dialects(client: httpx.AsyncClient) -> None:
-    """Unknown routes answer 404 in the agents shape, and in the /api/v1 shape under /api/v1."""
-    r = await client.get("/nope")
+    """Unknown routes answer 404 in the agents shape, and in the /api/v1 shape under /api/v1.
+    (A GET elsewhere is the dashboard's: tests/test_dashboard_http.py.)"""
+    r = await client.post("/nope")
     assert r.status_code == 404
     body = r.json()
     assert body == {

@@ -20,6 +20,7 @@ from gatewayd.config import Config
 from gatewayd.http import middleware as mw
 from gatewayd.http.errors import error_response
 from gatewayd.http.routes_agents import agents_routes
+from gatewayd.http.routes_dashboard import Dashboard, dashboard_routes
 from gatewayd.http.routes_docs import docs_routes
 from gatewayd.http.routes_media import media_routes
 from gatewayd.http.routes_ops import Ops, ops_routes
@@ -46,10 +47,13 @@ def create_app(
     *,
     sim: SimulatedWhatsApp | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    dashboard: Dashboard | None = None,
 ) -> Starlette:
     """The daemon's HTTP application. ``sim``: the in-process simulated network, whose
-    control API (``/_sim/``) is served only then (a simnet process serves its own)."""
+    control API (``/_sim/``) is served only then (a simnet process serves its own).
+    ``dashboard``: the web app served at ``/`` (default: the one built into the package)."""
     settings: Callable[[], Config] = services.settings
+    dashboard = dashboard if dashboard is not None else Dashboard()
     routes = [
         *ops_routes(),
         *agents_routes(),
@@ -62,6 +66,7 @@ def create_app(
         *ws_routes(),
         *media_routes(services.media),
         *docs_routes(settings=settings),
+        *dashboard_routes(dashboard),
         *extra_routes,
     ]
     if sim is not None:
@@ -78,6 +83,8 @@ def create_app(
         ],
         exception_handlers={HTTPException: _http_exception},
     )
+    # Client-side routes of the app: whatever no route answers, outside the reserved paths.
+    app.router.default = dashboard.fallback(app.router.default)
     app.state.services = services
     app.state.ops = ops
     if sim is not None:
