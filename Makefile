@@ -55,10 +55,11 @@ bench: $(STAMP)
 check-config: $(STAMP)
 	$(VENV)/bin/gatewayd check-config gatewayd.toml
 
-# A wheel with the built dashboard inside: installing it needs no Node.
+# A wheel with the built dashboard inside (in $(DIST)/): installing it needs no Node.
+DIST ?= dist
 dist: $(STAMP) $(DASHBOARD_BUILT)
-	rm -rf dist
-	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir dist .
+	rm -rf $(DIST)
+	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir $(DIST) .
 
 clean:
 	rm -rf $(VENV) data .pytest_cache gatewayd/static dashboard/node_modules dist

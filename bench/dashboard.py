@@ -65,6 +65,9 @@ new MutationObserver((_, observer) => {
 }).observe(document, {childList: true, subtree: true});
 """
 
+FCP = "performance.getEntriesByName('first-contentful-paint')[0]?.startTime"
+PAINTED = f"() => {FCP} !== undefined"
+
 READ = """() => {
   const nav = performance.getEntriesByType('navigation')[0];
   const fcp = performance.getEntriesByName('first-contentful-paint')[0];
@@ -133,6 +136,7 @@ def load(browser: Browser, base_url: str, token: str, *, runs: int, mode: str, s
         else:
             page.goto("/dashboard")
         page.wait_for_selector("[data-testid=dashboard-ready]", state="attached")
+        page.wait_for_function(PAINTED)
         page.wait_for_timeout(QUIET_MS)  # a quiet window can be seen
         sample = page.evaluate(READ)
         assert sample["fcp"] is not None and sample["ready"] is not None, sample
@@ -149,13 +153,8 @@ def baseline(browser: Browser, base_url: str, runs: int) -> list[float]:
         context = browser.new_context(base_url=base_url)
         page = context.new_page()
         page.goto("/docs")
-        page.wait_for_load_state("load")
-        page.wait_for_timeout(200)
-        fcp = page.evaluate(
-            "() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
-        )
-        assert fcp is not None
-        fcps.append(fcp)
+        page.wait_for_function(PAINTED)
+        fcps.append(page.evaluate(f"() => {FCP}"))
         context.close()
     return fcps
 

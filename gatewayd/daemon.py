@@ -12,6 +12,7 @@ never sees HTTP, and HTTP handlers see only ``Services`` and ``Ops``.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -178,7 +179,9 @@ async def open_backend(config: Config, db: Database) -> AsyncIterator[WhatsAppBa
     if config.whatsapp.mode == "sim":
         from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
-        yield SimulatedWhatsApp()
+        # Message ids must not repeat across restarts on the same database: a repeated id
+        # is a duplicate to the inbound path, and the message would be dropped as one.
+        yield SimulatedWhatsApp(seed=secrets.randbits(64))
         return
     from gatewayd.whatsapp.neonize.backend import open_neonize_backend
 

@@ -103,7 +103,10 @@ class SimDaemon:
 
     @classmethod
     @contextmanager
-    def running(cls, config: Path) -> Iterator[SimDaemon]:
+    def running(
+        cls, config: Path, *, cwd: Path = ROOT, extra_env: dict[str, str] | None = None
+    ) -> Iterator[SimDaemon]:
+        """The daemon on ``config``, run from ``cwd`` with ``extra_env`` in its environment."""
         # The config file says it all: no override from this process's environment.
         env = {
             k: v
@@ -111,11 +114,12 @@ class SimDaemon:
             if not k.startswith("GATEWAYD_") and k not in LEGACY_ENV
         }
         env["GATEWAYD_LOG_FORMAT"] = "json"
+        env.update(extra_env or {})
         process = subprocess.Popen(
             [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
+            cwd=str(cwd),
             env=env,
         )
         daemon = None
