@@ -23,8 +23,9 @@ Figures per load, from the page's own performance timeline:
          DOMContentLoaded and ``ready`` (the page is not usable before its data shows)
 
 The baseline, measured in the same run and browser: ``/docs``, the daemon's server-rendered
-page without any script; the dashboard's FCP is also printed as a ratio to it. Transfer sizes
-are what the browser received for the page (``encodedBodySize``), gzipped by the daemon.
+page without any script; the dashboard's FCP is also printed as a ratio to it. "KB sent" is
+what crossed the network for one load (``transferSize``: gzipped bodies and headers, nothing
+for what came from the cache).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ READ = """() => {
   const nav = performance.getEntriesByType('navigation')[0];
   const fcp = performance.getEntriesByName('first-contentful-paint')[0];
   const bytes = performance.getEntriesByType('resource')
-    .reduce((sum, r) => sum + (r.encodedBodySize || 0), nav.encodedBodySize || 0);
+    .reduce((sum, r) => sum + (r.transferSize || 0), nav.transferSize || 0);
   return {fcp: fcp ? fcp.startTime : null, dcl: nav.domContentLoadedEventEnd,
           ready: window.__bench ? window.__bench.ready : null,
           longTasks: window.__bench ? window.__bench.longTasks : [], bytes};
