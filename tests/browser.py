@@ -104,9 +104,15 @@ class SimDaemon:
     @classmethod
     @contextmanager
     def running(
-        cls, config: Path, *, cwd: Path = ROOT, extra_env: dict[str, str] | None = None
+        cls,
+        config: Path,
+        *,
+        cwd: Path = ROOT,
+        extra_env: dict[str, str] | None = None,
+        program: list[str] | None = None,
     ) -> Iterator[SimDaemon]:
-        """The daemon on ``config``, run from ``cwd`` with ``extra_env`` in its environment."""
+        """The daemon on ``config``, run from ``cwd`` with ``extra_env`` in its environment;
+        ``program``: the command that is gatewayd (default: this interpreter's)."""
         # The config file says it all: no override from this process's environment.
         env = {
             k: v
@@ -116,7 +122,7 @@ class SimDaemon:
         env["GATEWAYD_LOG_FORMAT"] = "json"
         env.update(extra_env or {})
         process = subprocess.Popen(
-            [sys.executable, "-m", "gatewayd", "run", "--config", str(config)],
+            [*(program or [sys.executable, "-m", "gatewayd"]), "run", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=str(cwd),
