@@ -10,6 +10,7 @@ environment as ``GATEWAYD_<SECTION>_<KEY>``; the deployed service's variable nam
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -53,6 +54,9 @@ class ServerConfig:
     base_url: str = attrs.field(default="", metadata=_live())
     #: Origins allowed by CORS; empty means no cross-origin access.
     cors_origins: list[str] = attrs.field(factory=list, metadata=_live())
+    #: Addresses or networks of reverse proxies (e.g. ["127.0.0.1"]) whose X-Forwarded-For
+    #: names the client. Empty: every request's client is its peer address.
+    trusted_proxies: list[str] = attrs.field(factory=list, metadata=_live())
     #: Largest request body accepted, in bytes (base64 media needs ~1.37x the media size).
     body_limit: int = attrs.field(default=16 * 1024 * 1024, metadata=_live())
     #: Seconds in-flight requests get to finish on SIGTERM/SIGINT.
@@ -424,6 +428,11 @@ def _check_values(config: Config) -> Iterator[str]:
     for origin in s.cors_origins:
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
             yield f"server.cors_origins: {origin!r} is not an origin like https://app.example.com"
+    for proxy in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            yield f"server.trusted_proxies: {proxy!r} is not an address or network like 127.0.0.1 or 10.0.0.0/8"
     if not 0 <= d.embedded_port <= 65535:
         yield f"database.embedded_port: expected 0..65535, got {d.embedded_port}"
     if d.pool_min < 1 or d.pool_max < d.pool_min:

@@ -121,6 +121,7 @@ def test_gatewayd_environment_overrides_every_key() -> None:
 def test_every_key_has_an_environment_name() -> None:
     """Setting each GATEWAYD_ variable to a valid value changes exactly that key."""
     defaults = Config()
+    attrs.resolve_types(Config)  # the annotations are strings until something resolves them
     samples = {int: "4242", float: "4.5", bool: "true", str: None, list: "https://x.example"}
     for section in attrs.fields(Config):
         for field in attrs.fields(section.type):  # type: ignore[arg-type]
@@ -136,6 +137,7 @@ def test_every_key_has_an_environment_name() -> None:
                 "forwarding.developer_number": "6281234567890",
                 "whatsapp.sim_url": "http://127.0.0.1:4000",
                 "server.base_url": "https://wa.example.com",
+                "server.trusted_proxies": "10.0.0.0/8",
                 "auth.jwt_secret": "a-secret-of-at-least-thirty-two-characters",
                 "auth.token_ttl": "3600",
                 "media.inbound_concurrency": "8",

@@ -225,6 +225,8 @@ class EmbeddedPostgres:
         # initdb into a scratch directory renamed at the end, so "pg/ exists" always
         # means "initdb finished"; a run killed halfway leaves only the scratch dir.
         scratch = self.data_dir / "pg.initdb"
+        # The first start's silent part (seconds on a small VPS): say what is happening.
+        logger.info("gatewayd.db.embedded.initializing", data_dir=str(self.data_dir))
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(mode=0o700)
