@@ -1,4 +1,4 @@
-"""``gatewayd run | check-config | migrate | simnet | qr``."""
+"""``gatewayd run | check-config | migrate | backup | restore | simnet | qr``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "steps", nargs="?", type=int, help="up: target version; down: how many (default 1)"
     )
+
+    backup = sub.add_parser(
+        "backup",
+        help="write a backup of the database (device keys included: mode 0600) to FILE",
+        description="Dump everything gatewayd keeps (its tables, whatsmeow's device store, "
+        "the generated auth secret) to FILE, created mode 0600; works while the daemon runs. "
+        "See docs/backup.md.",
+    )
+    backup.add_argument("file", type=Path, metavar="FILE")
+    backup.add_argument("--config", type=Path, help="TOML config (default: ./gatewayd.toml)")
+    restore = sub.add_parser(
+        "restore",
+        help="restore a backup into an empty database or data directory",
+        description="Restore FILE (from `gatewayd backup`) into the configured database, which "
+        "must be empty (or, for the embedded PostgreSQL, a new data directory), in one "
+        "transaction. See docs/backup.md.",
+    )
+    restore.add_argument("file", type=Path, metavar="FILE")
+    restore.add_argument("--config", type=Path, help="TOML config (default: ./gatewayd.toml)")
 
     simnet = sub.add_parser("simnet", help="run the simulated WhatsApp network as its own process")
     simnet.add_argument(
@@ -181,13 +200,21 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from gatewayd.daemon import open_store
-    from gatewayd.store.migrations import migrate_down, migrate_up, migration_status
+    from gatewayd.store.migrations import (
+        describe_status,
+        discover_migrations,
+        migrate_down,
+        migrate_up,
+        migration_status,
+    )
 
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 2
     config = loaded[0]
     configure_logging(config.log.level, config.log.format, stream=sys.stderr)
+    if args.action == "status":
+        return _run_blocking(lambda: _migrate_status(config))
 
     async def main() -> None:
         async with open_store(config) as db:
@@ -197,11 +224,123 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             elif args.action == "down":
                 for m in await migrate_down(db, steps=args.steps or 1):
                     print(f"reverted {m}")
-            for status in await migration_status(db):
-                state = status.applied_at.isoformat() if status.applied_at else "pending"
-                print(f"{status.version:03d} {status.name:<30} {state}")
+            print("\n".join(describe_status(await migration_status(db), discover_migrations())))
 
     return _run_trio(main)
+
+
+def _migrate_status(config: Config) -> None:
+    """Read-only: also while the daemon runs on the embedded PostgreSQL (through its server),
+    and without creating a data directory that does not exist yet."""
+    from gatewayd.backup import connect, embedded_cluster_exists, open_server
+    from gatewayd.store.db import map_exceptions
+    from gatewayd.store.migrations import (
+        MigrationStatus,
+        describe_status,
+        discover_migrations,
+        read_status,
+    )
+
+    migrations = discover_migrations()
+    if not config.database.url and not embedded_cluster_exists(config):
+        print(f"no database yet in {config.database.data_dir} (the embedded PostgreSQL)")
+        nothing = [MigrationStatus(m.version, m.name, None) for m in migrations]
+        print("\n".join(describe_status(nothing, migrations)))
+        return
+    with open_server(config, daemon_running="use", create=False) as server:
+        with connect(server.dsn) as conn, map_exceptions():
+            statuses = read_status(conn, migrations)
+    print("\n".join(describe_status(statuses, migrations)))
+
+
+def _run_blocking(main: Callable[[], object]) -> int:
+    """The exit codes of the blocking commands: 0 done, 2 refused (nothing was done), 1 a
+    GatewayError on the way, 130 interrupted."""
+    from gatewayd.backup import Refused
+
+    try:
+        main()
+    except Refused as exc:
+        print(f"gatewayd: {exc.message}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"gatewayd: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from gatewayd.backup import take_backup
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 2
+    config = loaded[0]
+    configure_logging(config.log.level, config.log.format, stream=sys.stderr)
+
+    def main() -> None:
+        done = take_backup(config, args.file)
+        secret = {
+            "kept": "the auth secret",
+            "configured": "no auth secret (auth.jwt_secret is configured: keep it too)",
+            "none": "no auth secret (none generated yet)",
+        }[done.auth_secret]
+        print(
+            f"backup of {done.where} written to {done.path} ({_size(done.bytes)}): schema "
+            f"{done.schema_version:03d}, {_count(done.tables, 'table')}, "
+            f"{_count(done.messages, 'message')}, {_count(done.devices, 'WhatsApp device')}, "
+            f"{secret}"
+        )
+        print(
+            "it holds the WhatsApp device keys and the API and webhook secrets: keep it "
+            "private (mode 0600)"
+        )
+
+    return _run_blocking(main)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from gatewayd.backup import restore_backup
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 2
+    config = loaded[0]
+    configure_logging(config.log.level, config.log.format, stream=sys.stderr)
+
+    def main() -> None:
+        done = restore_backup(config, args.file)
+        print(
+            f"restored {done.path} (taken {done.created_at}, schema "
+            f"{done.schema_version:03d}) into {done.where}: {_count(done.tables, 'table')}, "
+            f"every row count as in the backup ({_count(done.messages, 'message')}, "
+            f"{_count(done.devices, 'WhatsApp device')})"
+        )
+        for note in done.notes:
+            print(f"note: {note}")
+        print(
+            "start gatewayd: it applies any newer migrations, and the agents reconnect "
+            "without a new QR"
+        )
+
+    return _run_blocking(main)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    size = n / 1024
+    for unit in ("KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            break
+        size /= 1024
+    return f"{size:.1f} {unit}"
 
 
 def cmd_simnet(args: argparse.Namespace) -> int:
@@ -229,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args, argv)
     if args.command == "migrate":
         return cmd_migrate(args)
+    if args.command == "backup":
+        return cmd_backup(args)
+    if args.command == "restore":
+        return cmd_restore(args)
     if args.command == "simnet":
         return cmd_simnet(args)
     if args.command == "qr":

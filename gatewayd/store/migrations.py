@@ -38,12 +38,14 @@ __all__ = [
     "MigrationStatus",
     "apply_down",
     "apply_up",
+    "describe_status",
     "discover_migrations",
     "migrate_down",
     "migrate_up",
     "migration_status",
     "migrations_dir",
     "read_status",
+    "summary",
 ]
 
 logger = structlog.get_logger()
@@ -312,6 +314,63 @@ def _ensure_table(conn: Connection) -> None:
 def _applied(conn: Connection) -> dict[int, str]:
     rows = conn.execute(f"SELECT version, name FROM {MIGRATIONS_TABLE}").fetchall()
     return {version: name for version, name in rows}
+
+
+# -- what an operator is told ------------------------------------------------------------
+
+_SUMMARY_PREFIX = re.compile(r"^\d{3}_[a-z0-9_]+:\s*")
+
+
+def summary(migration: Migration) -> str:
+    """What the migration does: the first paragraph of its up file's leading comment (up to
+    a blank comment line or an indented list)."""
+    words: list[str] = []
+    for line in migration.up_sql.splitlines():
+        if not line.startswith("--"):
+            break
+        rest = line.removeprefix("--")
+        if not rest.strip() or (words and rest.startswith("  ")):
+            if words:
+                break
+            continue
+        words.append(rest.strip())
+    return _SUMMARY_PREFIX.sub("", " ".join(words)) or "(no description)"
+
+
+def describe_status(
+    statuses: Sequence[MigrationStatus], migrations: Sequence[Migration]
+) -> list[str]:
+    """``migrate status`` for an operator: one line per migration, then what an upgrade
+    would do (the pending migrations, in the order they are applied, and what each does)."""
+    lines = [
+        f"{s.version:03d} {s.name:<30} {s.applied_at.isoformat() if s.applied_at else 'pending'}"
+        for s in statuses
+    ]
+    known = {m.version: m for m in migrations}
+    applied = [s.version for s in statuses if s.applied]
+    version = f"{max(applied):03d}" if applied else "none (no gatewayd tables yet)"
+    unknown = [s for s in statuses if s.applied and s.version not in known]
+    if unknown:
+        names = ", ".join(f"{s.version:03d}_{s.name}" for s in unknown)
+        lines.append(
+            f"schema version {version}: the database has migration(s) {names} that this gatewayd "
+            "does not know; a newer gatewayd applied them, and this one will not start on it"
+        )
+        return lines
+    pending = [known[s.version] for s in statuses if not s.applied]
+    latest = max(known, default=0)
+    if not pending:
+        lines.append(f"schema version {version}: up to date with this gatewayd ({latest:03d})")
+        return lines
+    count = f"{len(pending)} migration{'s' if len(pending) != 1 else ''}"
+    lines.append(
+        f"schema version {version}, this gatewayd's is {latest:03d}: an upgrade applies {count}, "
+        "in this order, each in its own transaction (`gatewayd migrate up`, or the daemon's "
+        "next start with database.migrate_on_start):"
+    )
+    lines += [f"  {m.version:03d}_{m.name}: {summary(m)}" for m in pending]
+    lines.append("Take a backup first (`gatewayd backup FILE`, docs/backup.md).")
+    return lines
 
 
 def _scalar(conn: Connection, query: str, *params: object) -> object:
