@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -46,6 +47,18 @@ from tests.test_simnet import link_agent, start_simnet, stop, wait_line, write_d
 from tests.test_webhooks import Receiver
 
 import_neonize()  # first, so neonize's import-time pipe leak is cleaned up (see neonize_env)
+
+
+@pytest.fixture(autouse=True)
+def neonize_logger_levels() -> Iterator[None]:
+    """Opening neonize's backend sets its loggers' levels for the process; put them back, so
+    that tests after these see logging as configured (tests/test_log.py)."""
+    loggers = [logging.getLogger(name) for name in ("neonize", "whatsmeow", "Whatsmeow")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
 
 CUSTOMER = "6281111111111"
 DEVICE = "628111000777:3@s.whatsapp.net"

@@ -233,23 +233,34 @@ async def test_api_keys_are_shown_once_stored_hashed_and_listed_without_secret(
 
 
 async def test_last_used_at_is_written_at_most_once_a_minute(
-    database: Database, cfg: IdentityConfig
+    database: Database, cfg: IdentityConfig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A second use within the minute leaves last_used_at as the first use wrote it."""
+    """Uses of a key within a minute of the last write leave last_used_at alone, whether the
+    key was answered from the cache or read anew; the first use a minute on writes it, from
+    either path."""
     key = await identity.create_key(database, "alice", None)
+
+    async def use_and_read() -> datetime:
+        await identity.authenticate(database, cfg, key.key)
+        [(value,)] = await _rows(database, "SELECT last_used_at FROM api_keys")
+        assert isinstance(value, datetime)
+        return value
+
     [(before,)] = await _rows(database, "SELECT last_used_at FROM api_keys")
     assert before is None
-    await identity.authenticate(database, cfg, key.key)
-    [(first,)] = await _rows(database, "SELECT last_used_at FROM api_keys")
-    await identity.authenticate(database, cfg, key.key)
-    [(second,)] = await _rows(database, "SELECT last_used_at FROM api_keys")
-    assert first is not None and second == first
-    await _rows(
-        database, "UPDATE api_keys SET last_used_at = now() - interval '2 minutes' RETURNING id"
-    )
-    await identity.authenticate(database, cfg, key.key)
-    [(third,)] = await _rows(database, "SELECT last_used_at FROM api_keys")
-    assert third > first
+    first = await use_and_read()  # read from the database, and written
+    assert first is not None
+    assert await use_and_read() == first  # cached: nothing written
+    await trio.sleep(identity.CREDENTIAL_TTL + 1)
+    assert await use_and_read() == first  # read anew (the cache's backstop): not due yet
+    await trio.sleep(identity.TOUCH_EVERY - identity.CREDENTIAL_TTL - 3)
+    assert await use_and_read() == first  # read anew again, 58 s on: still not due
+    await trio.sleep(3)
+    second = await use_and_read()  # 61 s on, answered from the cache: written
+    assert second > first
+    assert await use_and_read() == second
+    await trio.sleep(identity.TOUCH_EVERY + 1)
+    assert await use_and_read() > second  # read anew and due: the lookup writes it
 
 
 async def test_a_revoked_key_is_refused_at_once(database: Database, cfg: IdentityConfig) -> None:

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Callable
 
 import attrs
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from gatewayd.config import Config
 from gatewayd.errors import AgentStopped, SendTimeout
 from gatewayd.metrics import Metrics
+from gatewayd.nursery.agents import RESTORE_PROGRESS_MIN
 from gatewayd.nursery.bus import BusEvent, EventBus
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.store import agents as agents_store
@@ -174,3 +176,16 @@ async def test_stop_of_a_healthy_agent_waits_for_its_tree_and_reports_it_ended(
     assert handle.done.is_set() and sup.stuck_agents() == []
     record = await agents_store.get_agent(world.db, "bot-a")
     assert record is not None and (record.status, record.status_reason) == ("stopped", "operator")
+
+
+async def test_a_long_restore_reports_its_progress(world: World) -> None:
+    """Over RESTORE_PROGRESS_MIN agents, restore says how far it is (about ten lines in all,
+    the last one the total), so a long start is not silent."""
+    ids = await _paired_and_stopped(world, RESTORE_PROGRESS_MIN + 5)
+    with structlog.testing.capture_logs() as logs:
+        sup = await world.start_supervisor()
+        await _until(lambda: len(sup.handles()) == len(ids))
+        await _until(lambda: any(e["event"] == "gatewayd.agents.restore_done" for e in logs))
+    progress = [e["progress"] for e in logs if e["event"] == "gatewayd.agents.restoring"]
+    total = len(ids)
+    assert progress == [f"{RESTORE_PROGRESS_MIN}/{total}", f"{total}/{total}"]

@@ -46,6 +46,8 @@ from gatewayd.whatsapp.port import InboundMessage, WhatsAppBackend
 log = structlog.get_logger()
 
 RESTORE_SLOT_TIMEOUT = 90.0
+#: Restores of more agents than this report their progress ("restoring 250/1000").
+RESTORE_PROGRESS_MIN = 20
 """Longest one restored agent keeps its connect slot without reporting a status (neonize's own
 bounds for a first attempt are 15 s to register plus 60 s to connect)."""
 
@@ -163,7 +165,10 @@ class AgentSupervisor:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
-        for record in records:
+        total = len(records)
+        # Progress for a person watching a long start: about ten lines, whatever the count.
+        step = max(RESTORE_PROGRESS_MIN, -(-total // 10))
+        for done, record in enumerate(records, 1):
             if not started and limiter.available_tokens == 0:
                 task_status.started()  # the first wave is in; the others follow
                 started = True
@@ -171,6 +176,8 @@ class AgentSupervisor:
             if nursery is None:
                 return
             await nursery.start(self._restore_one, record, limiter)
+            if total > RESTORE_PROGRESS_MIN and (done % step == 0 or done == total):
+                log.info("gatewayd.agents.restoring", progress=f"{done}/{total}")
         if not started:
             task_status.started()
         if len(records) > limiter.total_tokens:
@@ -211,6 +218,10 @@ class AgentSupervisor:
 
     def handles(self) -> list[AgentHandle]:
         return list(self._handles.values())
+
+    def by_id(self, agent_uuid: uuid.UUID) -> AgentHandle | None:
+        """The running agent whose row id (the /api/v1 session id) is ``agent_uuid``."""
+        return self._by_uuid.get(agent_uuid)
 
     async def start(self, agent_id: str) -> AgentHandle:
         """Start the agent's tree (idempotent: a running agent is returned as is)."""

@@ -2,7 +2,7 @@
 
 The agent's command channel *is* its FIFO send queue: a caller ``send_nowait``s a
 command (``trio.WouldBlock`` when the queue is full → 429) and awaits the answer on the
-command's own one-shot reply channel.
+command's own one-shot reply (``Reply``).
 """
 
 from __future__ import annotations
@@ -50,22 +50,57 @@ class Sent:
     row_id: int
 
 
+class Reply:
+    """A send's one answer: the send worker puts it, the caller waits for it.
+
+    It behaves as a memory channel of one slot would, both ends in one object (a send makes
+    one of these, so it is kept small): ``send_nowait`` raises ``trio.BrokenResourceError``
+    once the caller has left its ``async with`` (it gave up: nobody to tell) and
+    ``trio.WouldBlock`` for a second answer.
+    """
+
+    __slots__ = ("_answered", "_result", "_closed")
+
+    def __init__(self) -> None:
+        self._answered = trio.Event()
+        self._result: outcome.Outcome[Sent] | None = None
+        self._closed = False
+
+    def send_nowait(self, result: outcome.Outcome[Sent]) -> None:
+        if self._closed:
+            raise trio.BrokenResourceError("the caller stopped waiting")
+        if self._result is not None:
+            raise trio.WouldBlock
+        self._result = result
+        self._answered.set()
+
+    async def receive(self) -> outcome.Outcome[Sent]:
+        await self._answered.wait()
+        assert self._result is not None
+        return self._result
+
+    async def __aenter__(self) -> Reply:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
+
+
 @attrs.frozen(kw_only=True)
 class SendCommand:
     """An API send: its row (``pending``, written before it was queued) and its message."""
 
     row_id: int
     message: Outgoing
-    reply: trio.MemorySendChannel[outcome.Outcome[Sent]]
+    reply: Reply
     trace_id: str | None = None
 
 
 def new_send(
     row_id: int, message: Outgoing, trace_id: str | None = None
-) -> tuple[SendCommand, trio.MemoryReceiveChannel[outcome.Outcome[Sent]]]:
-    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Sent]](1)
-    command = SendCommand(row_id=row_id, message=message, reply=reply_send, trace_id=trace_id)
-    return command, reply_receive
+) -> tuple[SendCommand, Reply]:
+    reply = Reply()
+    return SendCommand(row_id=row_id, message=message, reply=reply, trace_id=trace_id), reply
 
 
 def result_of(result: SendResult, row_id: int) -> Sent:

@@ -6,19 +6,30 @@ WhatsApp had it: never resent, visible instead) or ``expired`` (a reply that wai
 than ``agents.reply_max_age`` for a connection). A reply row points at its inbound message
 (``reply_to``); when the reply reaches a final state, the inbound message is handled in the
 same transaction.
+
+The three writes every API send makes (``insert_pending``, ``mark_sending``, ``mark_sent``)
+are group-committed: what many agents' sends ask for at the same moment is written in one
+statement and one transaction (``_Rounds``), each caller still waiting for its own row's
+commit. Nothing is written later than before, only together: a thousand agents sending at
+their configured rate share a few transactions a millisecond instead of needing three each.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 import cattrs
+import outcome
+import trio
 from psycopg.types.json import Jsonb
 
+from gatewayd.errors import StoreError, StoreUnavailable
 from gatewayd.jid import is_group
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.store.db import Connection, Database
@@ -37,6 +48,8 @@ __all__ = [
     "find_by_key",
     "release_key",
     "KeyedSend",
+    "RoundStatistics",
+    "round_statistics",
 ]
 
 _converter = cattrs.Converter()
@@ -44,6 +57,203 @@ _converter = cattrs.Converter()
 _converter.register_unstructure_hook(bytes, lambda _: None)
 
 Final = Literal["failed", "unknown", "expired"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@attrs.define
+class RoundStatistics:
+    """What the rounds of one database's send changes did so far."""
+
+    rounds: int = 0
+    #: Changes the rounds held (a send makes three: pending, sending, sent).
+    changes: int = 0
+    #: Seconds spent writing them, and the longest round.
+    seconds: float = 0.0
+    longest: float = 0.0
+
+    def add(self, changes: int, seconds: float) -> None:
+        self.rounds += 1
+        self.changes += changes
+        self.seconds += seconds
+        self.longest = max(self.longest, seconds)
+
+
+@attrs.define(eq=False)
+class _Entry(Generic[T, R]):
+    item: T
+    #: Taken into a round: it is being written, or has been.
+    taken: bool = False
+    result: outcome.Outcome[R] | None = None
+    #: Set when the result is in, or (not taken yet) when its caller is to write the next round.
+    wake: trio.Event = attrs.Factory(trio.Event)
+
+
+class _Rounds(Generic[T, R]):
+    """Group commit with no task of its own: many callers' items, one transaction a round.
+
+    The caller that finds no round being written writes one, with its item; items that
+    arrive meanwhile wait, and when the round is over the first of them writes the next
+    round with every item waiting by then. Idle, a round holds one item and costs what a
+    lone transaction did; under load the cost of a transaction (the hand-off to a worker
+    thread, the round trips, the WAL flush) is shared by every item that arrived while the
+    previous one was written. Only the callers whose items are done, and the one that writes
+    next, are woken: a backlog costs nothing per round.
+
+    ``write(items)`` returns one result per item, in order. A round that fails with anything
+    but an outage is written again one item per transaction, so a bad row (an agent deleted
+    meanwhile) fails its own caller only. Cancelled before its item is taken into a round,
+    a caller withdraws it (never written); once taken, the caller waits for the commit and
+    gets its result, the cancellation coming at its next checkpoint: what ``Database.run``
+    does too, which never abandons a transaction halfway.
+    """
+
+    def __init__(
+        self, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *, max_items: int = 500
+    ) -> None:
+        self._write = write
+        self._max_items = max_items
+        self._waiting: deque[_Entry[T, R]] = deque()
+        #: A round is being written, or its writer has been woken; False: nothing waits.
+        self._writing = False
+        self.statistics = RoundStatistics()
+
+    async def submit(self, item: T) -> R:
+        entry: _Entry[T, R] = _Entry(item)
+        self._waiting.append(entry)
+        if not self._writing:
+            self._writing = True
+        else:
+            try:
+                await entry.wake.wait()
+            except trio.Cancelled:
+                if not entry.taken:
+                    self._waiting.remove(entry)
+                    if entry.wake.is_set():  # it was to write the next round: pass it on
+                        self._next_round()
+                    raise
+                # Ours is being written: its outcome is the caller's to know (see above).
+        if not entry.taken:
+            await self._write_round()
+        if entry.result is None:
+            with trio.CancelScope(shield=True):
+                await entry.wake.wait()
+        assert entry.result is not None
+        return entry.result.unwrap()
+
+    async def _write_round(self) -> None:
+        count = min(len(self._waiting), self._max_items)
+        batch = [self._waiting.popleft() for _ in range(count)]
+        for entry in batch:
+            entry.taken = True
+        try:
+            with trio.CancelScope(shield=True):
+                began = trio.current_time()
+                results = await self._results([entry.item for entry in batch])
+                self.statistics.add(count, trio.current_time() - began)
+            for entry, result in zip(batch, results, strict=True):
+                entry.result = result
+        finally:
+            for entry in batch:
+                if entry.result is None:  # only if the write itself crashed
+                    entry.result = outcome.Error(StoreError("the write was interrupted"))
+                entry.wake.set()
+            self._next_round()
+
+    def _next_round(self) -> None:
+        if self._waiting:
+            self._waiting[0].wake.set()
+        else:
+            self._writing = False
+
+    async def _results(self, items: Sequence[T]) -> list[outcome.Outcome[R]]:
+        try:
+            return [outcome.Value(result) for result in await self._write(items)]
+        except StoreUnavailable as exc:
+            return [outcome.Error(exc)] * len(items)
+        except StoreError as exc:
+            if len(items) == 1:
+                return [outcome.Error(exc)]
+        except Exception as exc:
+            return [outcome.Error(exc)] * len(items)
+        # One by one: the items that can be written are, each caller gets its own error.
+        return [await outcome.acapture(self._one, item) for item in items]
+
+    async def _one(self, item: T) -> R:
+        (result,) = await self._write([item])
+        return result
+
+
+@attrs.frozen
+class _Pending:
+    agent_uuid: uuid.UUID
+    message: Outgoing
+    trace_id: str | None
+    key: str | None
+
+
+@attrs.frozen
+class _Sending:
+    row_id: int
+
+
+@attrs.frozen
+class _Sent:
+    row_id: int
+    wa_message_id: str
+    timestamp_ms: int
+    result: Mapping[str, Any]
+
+
+_Change = _Pending | _Sending | _Sent
+
+
+def _write_changes(conn: Connection, changes: Sequence[_Change]) -> list[object]:
+    """A round's changes, one statement per kind, all in the round's transaction. They are
+    independent: a row's next change is asked for only once its previous one is committed."""
+    results: list[object] = [None] * len(changes)
+    pending = [(n, c) for n, c in enumerate(changes) if isinstance(c, _Pending)]
+    sending = [(n, c) for n, c in enumerate(changes) if isinstance(c, _Sending)]
+    sent = [c for c in changes if isinstance(c, _Sent)]
+    if pending:
+        ids = _insert_pending_many(conn, [c for _, c in pending])
+        for (n, _), row_id in zip(pending, ids, strict=True):
+            results[n] = row_id
+    if sending:
+        marked = _mark_sending_many(conn, [c.row_id for _, c in sending])
+        for (n, _), ok in zip(sending, marked, strict=True):
+            results[n] = ok
+    if sent:
+        _mark_sent_many(conn, sent)
+    return results
+
+
+_by_database: weakref.WeakKeyDictionary[Database, _Rounds[_Change, object]] = (
+    weakref.WeakKeyDictionary()
+)
+_last: tuple[Database, _Rounds[_Change, object]] | None = None  # the daemon has one database
+
+
+def _rounds(db: Database) -> _Rounds[_Change, object]:
+    global _last
+    if _last is not None and _last[0] is db:
+        return _last[1]
+    rounds = _by_database.get(db)
+    if rounds is None:
+        rounds = _by_database[db] = _Rounds(lambda items: db.run(_write_changes, items))
+    _last = (db, rounds)
+    return rounds
+
+
+async def _submit(db: Database, change: _Change) -> object:
+    """Commit ``change`` in the database's next round of send changes."""
+    return await _rounds(db).submit(change)
+
+
+def round_statistics(db: Database) -> RoundStatistics:
+    """What the rounds of send changes written on ``db`` did so far (a copy)."""
+    return attrs.evolve(_rounds(db).statistics)
 
 
 @attrs.frozen
@@ -70,10 +280,25 @@ class KeyedSend:
     result: Mapping[str, Any] | None
 
 
-def _payload(message: Outgoing) -> Jsonb:
-    raw = _converter.unstructure(message)
+def _unstructured(message: Outgoing) -> dict[str, Any]:
+    """The ``payload`` column: the message as the outbox reads it back, without the bytes."""
+    raw: dict[str, Any] = _converter.unstructure(message)
     raw.pop("data", None)
-    return Jsonb(raw)
+    return raw
+
+
+def _payload(message: Outgoing) -> Jsonb:
+    return Jsonb(_unstructured(message))
+
+
+def _media_of(message: Outgoing) -> dict[str, Any]:
+    """The ``media`` column of a media send: what was sent, never the bytes."""
+    assert message.data is not None
+    return {"mimetype": message.mimetype, "filename": message.filename, "size": len(message.data)}
+
+
+def _media(message: Outgoing) -> Jsonb | None:
+    return None if message.data is None else Jsonb(_media_of(message))
 
 
 def _insert(
@@ -86,13 +311,6 @@ def _insert(
     reply_to: int | None = None,
     key: str | None = None,
 ) -> int | None:
-    media = None
-    if message.data is not None:
-        media = {
-            "mimetype": message.mimetype,
-            "filename": message.filename,
-            "size": len(message.data),
-        }
     row = conn.execute(
         "INSERT INTO messages (agent_id, direction, type, chat_jid, text, quoted_id, media, status,"
         " trace_id, is_group, payload, reply_to, idempotency_key)"
@@ -102,7 +320,7 @@ def _insert(
         (
             agent_uuid, message.kind, message.to, message.text,
             message.quote.message_id if message.quote else None,
-            Jsonb(media) if media else None, status, trace_id, is_group(message.to),
+            _media(message), status, trace_id, is_group(message.to),
             _payload(message), reply_to, key,
         ),
     ).fetchone()  # fmt: skip
@@ -112,12 +330,51 @@ def _insert(
 async def insert_pending(
     db: Database, agent_uuid: uuid.UUID, message: Outgoing, *, trace_id: str | None, key: str | None
 ) -> int | None:
-    """Record an API send before it is queued; None when ``key`` was used before."""
-    return await db.run(
-        lambda conn: _insert(
-            conn, agent_uuid, message, status="pending", trace_id=trace_id, key=key
-        )
-    )
+    """Record an API send before it is queued; None when ``key`` was used before.
+
+    Committed before it returns, together with the other sends recorded at the same moment.
+    """
+    row_id = await _submit(db, _Pending(agent_uuid, message, trace_id, key))
+    assert row_id is None or isinstance(row_id, int)
+    return row_id
+
+
+# One statement for a round of sends, its rows one JSON document (one encoding in C instead
+# of a parameter per value): ids are drawn first, in the order of the round, so every caller
+# learns its own row's id, or NULL when its key was used before; the statement trigger of
+# sql/009_analytics.up.sql runs once for the round.
+_INSERT_PENDING = (
+    "WITH v AS MATERIALIZED ("
+    " SELECT nextval('messages_id_seq') AS id, u.* FROM jsonb_to_recordset(%s)"
+    " AS u(n integer, agent_id uuid, type text, chat_jid text, text text, quoted_id text,"
+    " media jsonb, trace_id text, is_group boolean, payload jsonb, idempotency_key text)),"
+    " ins AS (INSERT INTO messages (id, agent_id, direction, type, chat_jid, text, quoted_id,"
+    " media, status, trace_id, is_group, payload, idempotency_key)"
+    " SELECT id, agent_id, 'outbound', type, chat_jid, text, quoted_id, media, 'pending',"
+    " trace_id, is_group, payload, idempotency_key FROM v ORDER BY n"
+    " ON CONFLICT (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    " RETURNING id)"
+    " SELECT ins.id FROM v LEFT JOIN ins ON ins.id = v.id ORDER BY v.n"
+)
+
+
+def _insert_pending_many(conn: Connection, items: Sequence[_Pending]) -> list[int | None]:
+    rows: list[dict[str, Any]] = []
+    for n, item in enumerate(items):
+        message = item.message
+        row = {
+            "n": n, "agent_id": str(item.agent_uuid), "type": message.kind,
+            "chat_jid": message.to, "text": message.text, "trace_id": item.trace_id,
+            "is_group": is_group(message.to), "payload": _unstructured(message),
+            "idempotency_key": item.key,
+        }  # fmt: skip
+        if message.quote is not None:
+            row["quoted_id"] = message.quote.message_id
+        if message.data is not None:  # absent, not JSON null: the column stays NULL
+            row["media"] = _media_of(message)
+        rows.append(row)
+    found = conn.execute(_INSERT_PENDING, (Jsonb(rows),)).fetchall()
+    return [None if row[0] is None else int(row[0]) for row in found]
 
 
 async def find_by_key(db: Database, agent_uuid: uuid.UUID, key: str) -> KeyedSend | None:
@@ -214,17 +471,25 @@ async def queued(db: Database, agent_uuid: uuid.UUID, limit: int) -> list[Outbou
 
 
 async def mark_sending(db: Database, row_id: int) -> bool:
-    """The row is about to be handed to WhatsApp; False when it is no longer open."""
+    """The row is about to be handed to WhatsApp; False when it is no longer open.
 
-    def work(conn: Connection) -> bool:
-        row = conn.execute(
-            "UPDATE messages SET status = 'sending' WHERE id = %s"
+    Committed before it returns (with the other sends about to go out at the same moment).
+    """
+    marked = await _submit(db, _Sending(row_id))
+    assert isinstance(marked, bool)
+    return marked
+
+
+def _mark_sending_many(conn: Connection, row_ids: Sequence[int]) -> list[bool]:
+    marked = {
+        int(row[0])
+        for row in conn.execute(
+            "UPDATE messages SET status = 'sending' WHERE id = ANY(%s)"
             " AND status IN ('queued', 'pending') RETURNING id",
-            (row_id,),
-        ).fetchone()
-        return row is not None
-
-    return await db.run(work)
+            (list(row_ids),),
+        )
+    }
+    return [row_id in marked for row_id in row_ids]
 
 
 def _settle_inbound(conn: Connection, row_id: int, outcome: str) -> None:
@@ -238,17 +503,31 @@ def _settle_inbound(conn: Connection, row_id: int, outcome: str) -> None:
 async def mark_sent(
     db: Database, row_id: int, *, wa_message_id: str, timestamp_ms: int, result: Mapping[str, Any]
 ) -> None:
-    sent_at = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    """WhatsApp took the message (at ``timestamp_ms``); a reply's inbound message is handled
+    (``replied``) in the same transaction. Committed before it returns, with the other sends
+    that went out at the same moment."""
+    await _submit(db, _Sent(row_id, wa_message_id, timestamp_ms, result))
 
-    def work(conn: Connection) -> None:
-        conn.execute(
-            "UPDATE messages SET status = 'sent', wa_message_id = %s, sent_at = %s, result = %s"
-            " WHERE id = %s",
-            (wa_message_id, sent_at, Jsonb(dict(result)), row_id),
-        )
-        _settle_inbound(conn, row_id, "replied")
 
-    await db.run(work)
+def _mark_sent_many(conn: Connection, items: Sequence[_Sent]) -> None:
+    rows = [
+        {"id": i.row_id, "wa_message_id": i.wa_message_id, "ms": i.timestamp_ms,
+         "result": dict(i.result)}
+        for i in items
+    ]  # fmt: skip
+    conn.execute(
+        "UPDATE messages AS m SET status = 'sent', wa_message_id = v.wa_message_id,"
+        " sent_at = to_timestamp(v.ms::double precision / 1000), result = v.result"
+        " FROM jsonb_to_recordset(%s) AS v(id bigint, wa_message_id text, ms bigint, result jsonb)"
+        " WHERE m.id = v.id",
+        (Jsonb(rows),),
+    )
+    conn.execute(
+        "UPDATE messages SET handled_at = now(), outcome = 'replied' WHERE id IN"
+        " (SELECT reply_to FROM messages WHERE id = ANY(%s) AND reply_to IS NOT NULL)"
+        " AND handled_at IS NULL",
+        ([item.row_id for item in items],),
+    )
 
 
 async def finish(

@@ -26,12 +26,10 @@ __all__ = [
     "purge_revoked_tokens",
     "revoke_key",
     "revoke_token",
+    "touch_key",
 ]
 
 _KEY_COLUMNS = "id, user_id, prefix, name, is_active, created_at, last_used_at, revoked_at"
-# last_used_at is written at most this often per key, so a busy key is not an UPDATE
-# (and a row lock) on every request.
-_TOUCH_EVERY = "1 minute"
 
 
 @attrs.frozen(kw_only=True)
@@ -121,27 +119,35 @@ async def revoke_key(db: Database, user_id: str, key_id: int) -> bool:
     return await db.run(work)
 
 
-async def find_key(db: Database, key_hash: str) -> KeyRecord | None:
-    """The active issued key with this hash (its last use recorded), or None."""
+async def find_key(db: Database, key_hash: str, *, touch: bool = False) -> KeyRecord | None:
+    """The active issued key with this hash, or None; with ``touch`` its use is recorded
+    (``last_used_at``) by the same statement. The caller decides how often that is
+    (gatewayd/usecases/identity.py: at most once a minute per key, so a busy key is not an
+    UPDATE and a row lock on every request)."""
+    verb = (
+        "UPDATE api_keys SET last_used_at = now() WHERE key_hash = %s AND is_active"
+        f" RETURNING {_KEY_COLUMNS}"
+        if touch
+        else f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s AND is_active"
+    )
 
     def work(conn: Connection) -> KeyRecord | None:
         with conn.cursor(row_factory=class_row(KeyRecord)) as cur:
-            cur.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s AND is_active",
-                (key_hash,),
-            )
-            row = cur.fetchone()
-            if row is None:
-                return None
-            cur.execute(
-                "UPDATE api_keys SET last_used_at = now() WHERE id = %s AND is_active"
-                f" AND (last_used_at IS NULL OR last_used_at < now() - interval '{_TOUCH_EVERY}')"
-                f" RETURNING {_KEY_COLUMNS}",
-                (row.id,),
-            )
-            return cur.fetchone() or row
+            cur.execute(verb.encode(), (key_hash,))
+            return cur.fetchone()
 
     return await db.run(work)
+
+
+async def touch_key(db: Database, key_id: int) -> None:
+    """Record a use of the active key ``key_id`` now."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            "UPDATE api_keys SET last_used_at = now() WHERE id = %s AND is_active", (key_id,)
+        )
+
+    await db.run(work)
 
 
 async def revoke_token(db: Database, jti: str, user_id: str, expires_at: datetime) -> None:

@@ -9,23 +9,32 @@ offset is not whole hours (Asia/Kolkata, +05:30) gets its day boundaries at the 
 "Handled" counts both ways a message is handled: the AI forwarder's executions and webhook
 deliveries (every try: a delivery that failed twice and then succeeded is two errors and one
 handled call). Response times are the mean duration of those calls.
+
+The overview, which a dashboard asks for often, reads its sessions from memory while they run
+(gatewayd/usecases/user_sessions.py ``user_records``) and its figures from the rollups at most
+once per ``OVERVIEW_TTL`` for the same user, zone and day (:class:`OverviewCache`), so its
+figures may be up to a second old.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Literal
 
 import attrs
+import trio
 
 from gatewayd.errors import InvalidPayload
 from gatewayd.store import analytics as analytics_store
-from gatewayd.store import owned
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.analytics import HourRow
+from gatewayd.store.db import Database
 from gatewayd.usecases.core import Services
+from gatewayd.usecases.user_sessions import user_records
 
 Period = Literal["daily", "weekly", "monthly"]
 PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")
@@ -34,6 +43,17 @@ MESSAGE_TYPES = ("text", "image", "document", "audio", "video")
 TOP_SESSIONS = 5
 #: How many days the per-session report covers when no start is given.
 DEFAULT_DAYS = 30
+#: How old an overview's message and call figures may be (same user, zone, local day and
+#: sessions). They are read from the rollups, which database triggers write on other modules'
+#: inserts that nothing here can watch; so this is a bound on their age, not an invalidation,
+#: and kept short: figures younger than ``OVERVIEW_TTL`` are answered again, and while they
+#: are read anew the previous ones are answered for as long as they are younger than twice
+#: that; never older. (A dashboard asks again a second after each message, see
+#: dashboard/src/pages/Dashboard.tsx: it always gets figures that include the message.) The
+#: sessions and ``active_sessions`` are as of the request.
+OVERVIEW_TTL = 0.5
+#: Overviews kept at most (least recently asked for dropped first).
+OVERVIEW_CACHE_SIZE = 4096
 
 _HOUR = timedelta(hours=1)
 
@@ -257,10 +277,107 @@ def _is_connected(services: Services, record: AgentRecord) -> bool:
     return handle is not None and handle.connected
 
 
+@attrs.define
+class _Kept:
+    overview: Overview
+    #: The rows it was computed from (mostly the very objects asked with: ``user_records``
+    #: answers them from memory while they are unchanged).
+    records: list[AgentRecord]
+    #: trio clock: when its figures were read.
+    read_at: float
+
+    def suits(self, records: list[AgentRecord], now: float, max_age: float) -> bool:
+        return (
+            now - self.read_at < max_age
+            and len(self.records) == len(records)
+            and all(a is b or a == b for a, b in zip(self.records, records, strict=True))
+        )
+
+
+Key = tuple[str, str, date]
+
+
+class OverviewCache:
+    """Overviews by user, zone and local day, answered again while their figures are young
+    (``OVERVIEW_TTL``) and the user's sessions are the rows they were computed from (a
+    session created, renamed or deleted since computes it again); bounded in size.
+
+    One computation per key at a time: when the figures have aged, the first request reads
+    them anew, and requests meanwhile are answered the previous figures (if younger than
+    twice the TTL) or wait for the new ones; so a dashboard full of clients costs one read
+    of the rollups per TTL, and none of them waits on it but the one that reads.
+    """
+
+    def __init__(self, *, size: int = OVERVIEW_CACHE_SIZE, ttl: float = OVERVIEW_TTL) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._kept: OrderedDict[Key, _Kept] = OrderedDict()  # least recently asked first
+        self._computing: dict[Key, trio.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    async def get(
+        self, key: Key, records: list[AgentRecord], work: Callable[[], Awaitable[Overview]]
+    ) -> Overview:
+        """The overview for ``key`` computed from ``records``: kept, or ``work()``."""
+        kept = self._kept.get(key)
+        now = trio.current_time()
+        if kept is not None:
+            self._kept.move_to_end(key)
+            if kept.suits(records, now, self.ttl):
+                return kept.overview
+        running = self._computing.get(key)
+        if running is not None:
+            if kept is not None and kept.suits(records, now, 2 * self.ttl):
+                return kept.overview  # being read anew: the previous figures meanwhile
+            await running.wait()
+            kept = self._kept.get(key)
+            if kept is not None and kept.suits(records, trio.current_time(), 2 * self.ttl):
+                return kept.overview
+            return await work()  # computed for other rows, or failed: ours, without waiting
+        done = self._computing[key] = trio.Event()
+        try:
+            read_at = trio.current_time()
+            seen = await work()
+            self._kept[key] = _Kept(seen, records, read_at)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+            return seen
+        finally:
+            del self._computing[key]
+            done.set()
+
+
+_overviews: weakref.WeakKeyDictionary[Database, OverviewCache] = weakref.WeakKeyDictionary()
+
+
+def overview_cache(db: Database) -> OverviewCache:
+    """The overviews computed on ``db`` lately (one cache per open database)."""
+    cache = _overviews.get(db)
+    if cache is None:
+        cache = _overviews[db] = OverviewCache()
+    return cache
+
+
 async def overview(services: Services, user_id: str, tz: tzinfo, now: datetime) -> Overview:
-    """All of the user's sessions: today, this week (from Monday) and this month in ``tz``."""
-    records = await owned.list_sessions(services.db, user_id)
+    """All of the user's sessions: today, this week (from Monday) and this month in ``tz``;
+    the sessions and ``active_sessions`` as of now, the figures younger than twice
+    ``OVERVIEW_TTL`` (:class:`OverviewCache`)."""
+    records = await user_records(services, user_id)
     today = now.astimezone(tz).date()
+    key = (user_id, zone_name(tz), today)
+    seen = await overview_cache(services.db).get(
+        key, records, lambda: _overview(services, records, tz, today)
+    )
+    active = sum(_is_connected(services, record) for record in records)
+    return attrs.evolve(seen, active_sessions=active)
+
+
+async def _overview(
+    services: Services, records: list[AgentRecord], tz: tzinfo, today: date
+) -> Overview:
     week, month_start = period_start(today, "weekly"), period_start(today, "monthly")
     days: list[tuple[date, HourRow]] = []
     if records:
@@ -285,7 +402,7 @@ async def overview(services: Services, user_id: str, tz: tzinfo, now: datetime) 
     )
     return Overview(
         total_sessions=len(records),
-        active_sessions=sum(_is_connected(services, record) for record in records),
+        active_sessions=0,  # as of the request: see ``overview``
         today=today_count,
         this_week=week_count,
         this_month=total.inbound,
@@ -298,11 +415,13 @@ __all__ = [
     "PERIODS",
     "Bucket",
     "Overview",
+    "OverviewCache",
     "ReportQuery",
     "SessionRank",
     "SessionReport",
     "Tally",
     "overview",
+    "overview_cache",
     "period_start",
     "resolve_range",
     "session_report",

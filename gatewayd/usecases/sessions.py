@@ -1,7 +1,9 @@
 """Session use cases: create or rehydrate, status, delete, reconnect, force a QR; and the
 agents API's key check with lazy key re-sync (docs/contract/agents-api.md).
 
-Both HTTP dialects call these; nothing here knows about requests or responses.
+Both HTTP dialects call these; nothing here knows about requests or responses. Reads of a
+running agent's row come from memory (:func:`read_agent`, gatewayd/usecases/core.py
+``AgentRows``); what changes a row without its handle forgets it there.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import trio
 from gatewayd.errors import Conflict, InvalidPayload, QrTimeout, SessionNotFound, Unauthorized
 from gatewayd.store import agents as agents_store
 from gatewayd.store import keys as keys_store
-from gatewayd.usecases.core import Services
+from gatewayd.usecases.core import Services, seen
 from gatewayd.whatsapp.qr import QrSnapshot, QrState, render_qr_png
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ async def create_session(services: Services, request: CreateSession) -> CreatedS
     handle = agents.get(agent_id)
     if existing is not None and handle is not None and handle.connected:
         await keys_store.set_agent_key(db, agent_id, key)
+        services.records.forget(agent_id=agent_id)
         return CreatedSession(False, True, existing, None)
     if existing is not None:
         # Exists but not ready: reset it (device, status, name, key) and pair again.
@@ -119,6 +122,7 @@ async def create_session(services: Services, request: CreateSession) -> CreatedS
             endpoint_url_run=seeded_endpoint(services, agent_id),
         )
         created = True
+    services.records.forget(agent_id=agent_id, user_id=user_id)
     handle = await agents.start(agent_id)
     qr = await first_qr(handle, services.config.sessions.create_qr_wait)
     record = await agents_store.get_agent(db, agent_id)
@@ -138,9 +142,26 @@ def seeded_endpoint(services: Services, agent_id: str) -> str | None:
     return f"{base}/agents/{agent_id}/execute" if base else None
 
 
+async def read_agent(services: Services, agent_id: str) -> agents_store.AgentRecord | None:
+    """The agent's row for a read: from memory while the agent runs and shows no change since
+    the row was read (``AgentRows``), else from the database."""
+    rows, handle = services.records, services.agents.get(agent_id)
+
+    async def read() -> agents_store.AgentRecord | None:
+        was, epoch = (None if handle is None else seen(handle)), rows.epoch
+        record = await agents_store.get_agent(services.db, agent_id)
+        if record is not None:
+            rows.put(record, was, epoch)
+        return record
+
+    if handle is None:
+        return await read()
+    return await rows.row_reads.run(agent_id, lambda: rows.look(agent_id, handle), read)
+
+
 async def session_status(services: Services, agent_id: str) -> SessionState:
     """The persisted row plus the live state."""
-    record = await agents_store.get_agent(services.db, agent_id)
+    record = await read_agent(services, agent_id)
     if record is None:
         raise SessionNotFound(f"No session for agent {agent_id!r}")
     return session_state(services, record)
@@ -197,8 +218,9 @@ async def authorize_agent(
 ) -> agents_store.AgentRecord:
     """The Bearer token must equal the agent's key. On a mismatch: 401 now, and the
     agent's key is re-synced in the background to the user's latest active key, so the
-    next call with the new key passes (docs/contract/agents-api.md)."""
-    record = await agents_store.get_agent(services.db, agent_id)
+    next call with the new key passes (docs/contract/agents-api.md). The key is compared with
+    the row as :func:`read_agent` has it: a re-sync forgets the row it changed."""
+    record = await read_agent(services, agent_id)
     if record is None:
         raise SessionNotFound(f"No session for agent {agent_id!r}")
     if not hmac.compare_digest(token.encode(), record.api_key.encode()):

@@ -3,6 +3,12 @@
 Every lookup goes through ``gatewayd.store.owned``, which answers only the authenticated user's
 rows: another user's session is ``SessionNotFound``, exactly like a missing one. A session of
 either family is the same agent the agents API sees.
+
+Reads (:func:`read_session`, :func:`user_records`) answer a running agent's row from memory
+while the runtime shows it unchanged (gatewayd/usecases/core.py ``AgentRows``); a row kept
+there is answered only to the user it belongs to, and anyone else's lookup takes the
+database path a missing session takes. Changes (start, update, send, delete) read the
+database.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from gatewayd.store import agents as agents_store
 from gatewayd.store import owned
 from gatewayd.store.agents import AgentRecord
 from gatewayd.usecases import messaging
-from gatewayd.usecases.core import Services
+from gatewayd.usecases.core import Services, seen
 from gatewayd.usecases.sessions import (
     CreatedSession,
     CreateSession,
@@ -104,6 +110,47 @@ async def owned_session(services: Services, user_id: str, session_id: str) -> Ag
     return record
 
 
+async def read_session(services: Services, user_id: str, session_id: str) -> AgentRecord:
+    """:func:`owned_session` for a read: the row from memory while the session's agent runs
+    unchanged since it was read, else from the database as ``owned_session`` reads it."""
+    parsed = _uuid(session_id)
+    if parsed is None:
+        raise SessionNotFound("Session not found")
+    rows, handle = services.records, services.agents.by_id(parsed)
+
+    async def read() -> AgentRecord | None:
+        was, epoch = (None if handle is None else seen(handle)), rows.epoch
+        found = await owned.get_session(services.db, user_id, parsed)
+        if found is not None:
+            rows.put(found, was, epoch)
+        return found
+
+    if handle is None:
+        record = await read()
+    else:
+        agent_id = handle.agent_id
+        record = await rows.row_reads.run(agent_id, lambda: rows.look(agent_id, handle), read)
+        if record is not None and (record.user_id != user_id or record.id != parsed):
+            record = await read()  # someone else's: read as the missing session it is to us
+    if record is None:
+        raise SessionNotFound("Session not found")
+    return record
+
+
+async def user_records(services: Services, user_id: str) -> list[AgentRecord]:
+    """The user's sessions' rows, newest first: from memory while every one of them runs
+    unchanged since they were listed, else from the database."""
+    rows, agents = services.records, services.agents
+
+    async def read() -> list[AgentRecord]:
+        was, epoch = {h.agent_id: seen(h) for h in agents.handles()}, rows.epoch
+        records = await owned.list_sessions(services.db, user_id)
+        rows.put_listing(user_id, records, was, epoch)
+        return records
+
+    return await rows.list_reads.run(user_id, lambda: rows.look_listing(user_id, agents), read)
+
+
 async def owned_agent(services: Services, user_id: str, agent_id: str) -> AgentRecord:
     """The user's session with that ``agentId`` (SessionNotFound otherwise, whoever owns it)."""
     record = await owned.get_by_agent_id(services.db, user_id, agent_id)
@@ -119,7 +166,7 @@ def check_user(principal_user: str, claimed: str | None) -> None:
 
 
 async def list_sessions(services: Services, user_id: str) -> list[SessionState]:
-    return [session_state(services, r) for r in await owned.list_sessions(services.db, user_id)]
+    return [session_state(services, r) for r in await user_records(services, user_id)]
 
 
 async def check_webhook_url(services: Services, url: str) -> None:
@@ -149,6 +196,7 @@ async def create(services: Services, user_id: str, new: NewSession) -> Saved:
         agent_uuid=session_uuid,
         status="stopped",  # created, not started: no QR until start
     )
+    services.records.forget(user_id=user_id)
     if new.webhook_url is None:
         return Saved(record)
     secret = new_webhook_secret()
@@ -176,6 +224,7 @@ async def update(services: Services, user_id: str, session_id: str, change: Sess
     )
     if updated is None:
         raise SessionNotFound("Session not found")
+    services.records.forget(agent_id=updated.agent_id, user_id=user_id)
     # The running agent takes the new settings up for its next event.
     await refresh_webhook(services.db, services.agents.get(updated.agent_id))
     return Saved(updated, secret)

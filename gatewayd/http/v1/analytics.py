@@ -140,7 +140,7 @@ async def session_analytics(request: Request, principal: Principal) -> Response:
         tz=time_zone(params, found.config.analytics.timezone),
     )
     kind = _format(params)
-    record = await user_sessions.owned_session(
+    record = await user_sessions.read_session(
         found, principal.user_id, request.path_params["session_id"]
     )
     report = await analytics.session_report(found, record, query, datetime.now(UTC))

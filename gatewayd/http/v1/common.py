@@ -10,6 +10,7 @@ from the address's budget, so guessing keys or tokens is throttled like guessing
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,8 +39,11 @@ def ok(data: Any = None, message: str | None = None, status: int = 200) -> JSONR
     return JSONResponse(body, status_code=status)
 
 
+@functools.lru_cache(maxsize=4096)
 def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with ``Z``, as every /api/v1 time is written."""
+    """ISO 8601 in UTC with ``Z``, as every /api/v1 time is written. Remembered: a list of
+    sessions writes the same few stored times on every request (equal instants are written
+    alike whatever their zone, so one answer serves them all)."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -152,9 +152,16 @@ async def _owned(request: Request, principal: Principal) -> Any:
     )
 
 
+async def _read(request: Request, principal: Principal) -> AgentRecord:
+    """The session for an answer that changes nothing (from memory while it runs unchanged)."""
+    return await user_sessions.read_session(
+        services(request), principal.user_id, request.path_params["session_id"]
+    )
+
+
 async def get_session(request: Request, principal: Principal) -> Response:
     found = services(request)
-    state = session_state(found, await _owned(request, principal))
+    state = session_state(found, await _read(request, principal))
     record = state.record
     qr = state.qr if state.status == "awaiting_qr" else None
     data = {
@@ -245,7 +252,7 @@ async def delete_session(request: Request, principal: Principal) -> Response:
 
 async def session_qr(request: Request, principal: Principal) -> Response:
     found = services(request)
-    state = session_state(found, await _owned(request, principal))
+    state = session_state(found, await _read(request, principal))
     qr = state.qr if state.status == "awaiting_qr" else None
     data = {
         "qr_code": await qr_data_url(qr, state.qr_state),
@@ -352,7 +359,7 @@ def _log_entry(entry: LogEntry, media_url: str | None) -> dict[str, Any]:
 async def list_messages(request: Request, principal: Principal) -> Response:
     query = _message_query(request.query_params)
     found = services(request)
-    page = await message_log(found.db, await _owned(request, principal), query)
+    page = await message_log(found.db, await _read(request, principal), query)
     data = {
         "messages": [_log_entry(entry, _received_media(found, entry)) for entry in page.messages],
         "next_cursor": page.next_cursor,

@@ -264,6 +264,8 @@ class SimulatedClient:
             while True:
                 while conn.queue:
                     event = conn.queue[0]
+                    if self._net.on_handover is not None:
+                        self._net.on_handover(event)
                     await events.send(event)
                     # Popped only once delivered: a cancelled send leaves it for redelivery.
                     conn.queue.popleft()

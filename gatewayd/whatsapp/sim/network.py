@@ -13,7 +13,7 @@ import base64
 import hashlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
@@ -21,6 +21,7 @@ import trio
 from gatewayd.errors import NotConnected, WhatsAppError
 from gatewayd.jid import group_jid, is_lid, is_user, lid_jid, non_ad, phone_jid
 from gatewayd.whatsapp.port import (
+    ClientEvent,
     ConnectionEnd,
     Disconnected,
     LoggedOut,
@@ -69,6 +70,10 @@ class SimNetwork:
         self._media_gone: set[str] = set()  # media refs whose download fails
         #: Virtual times of every connect attempt, by device JID (for reconnect schedules).
         self.connect_attempts: dict[str, list[float]] = {}
+        #: Called with every event a client is about to hand to the daemon (its sink's
+        #: ``send``), on every try; None: nothing is called. Benchmarks time it
+        #: (bench/inbound.py); it must not raise or block.
+        self.on_handover: Callable[[ClientEvent], None] | None = None
 
     # ------------------------------------------------------------------ the backend
 
