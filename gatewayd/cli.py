@@ -271,14 +271,23 @@ def _run_blocking(main: Callable[[], object]) -> int:
     return 0
 
 
+def _config_logging_to_stderr(path: Path | None) -> Config | None:
+    """The config (None: its errors were printed), with the log on stderr: stdout is the
+    command's own answer."""
+    loaded = _load_or_report(path)
+    if loaded is None:
+        return None
+    config = loaded[0]
+    configure_logging(config.log.level, config.log.format, stream=sys.stderr)
+    return config
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from gatewayd.backup import take_backup
 
-    loaded = _load_or_report(args.config)
-    if loaded is None:
+    config = _config_logging_to_stderr(args.config)
+    if config is None:
         return 2
-    config = loaded[0]
-    configure_logging(config.log.level, config.log.format, stream=sys.stderr)
 
     def main() -> None:
         done = take_backup(config, args.file)
@@ -304,11 +313,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from gatewayd.backup import restore_backup
 
-    loaded = _load_or_report(args.config)
-    if loaded is None:
+    config = _config_logging_to_stderr(args.config)
+    if config is None:
         return 2
-    config = loaded[0]
-    configure_logging(config.log.level, config.log.format, stream=sys.stderr)
 
     def main() -> None:
         done = restore_backup(config, args.file)
