@@ -23,19 +23,12 @@ wait, and when the last agent's first send went out, counted from the start of t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as `python bench/agents.py`, this directory comes first on the path, and bench/http.py
-# would stand in for the standard library's http package (which httpx imports).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path
 
 import attrs  # noqa: E402
 import psutil  # noqa: E402
@@ -222,10 +215,8 @@ async def main(n: int, idle: float) -> None:
         f" {max(restored.waits) / max(baseline.waits):.2f}x worst first send"
     )
     print(f"idle CPU, 0 agents           {base_cpu * 100:8.2f} % of a core")
-    print(
-        f"idle CPU, {n} agents       {loaded_cpu * 100:8.2f} % of a core"
-        f"   (ratio {loaded_cpu / base_cpu if base_cpu else float('inf'):.2f}x baseline)"
-    )
+    ratio = f"{loaded_cpu / base_cpu:.2f}x baseline" if base_cpu >= 5e-4 else "baseline ~0"
+    print(f"idle CPU, {n} agents       {loaded_cpu * 100:8.2f} % of a core   ({ratio})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ceiling ``bench/http.py`` measures gatewayd against: one Starlette route, ``GET /ping``,
+"""The ceiling ``bench/http_routes.py`` measures gatewayd against: one Starlette route, ``GET /ping``,
 on hypercorn's trio worker configured as gatewayd configures it (gatewayd/http/app.py
 ``hypercorn_config``: no access log, no Server header), in a process of its own.
 
@@ -8,12 +8,6 @@ Prints ``listening <url>`` once it accepts connections, and serves until SIGTERM
 """
 
 from __future__ import annotations
-
-import sys
-
-# bench/http.py beside this file would shadow the standard library's ``http`` package for
-# Starlette and hypercorn: this script's directory (first on the path) leaves the path.
-sys.path.pop(0)
 
 import argparse
 import signal

@@ -37,7 +37,7 @@ import trio
 from embedded import on_embedded_postgres
 
 from gatewayd.errors import GatewayError
-from gatewayd.whatsapp import neonize_gate
+from gatewayd.whatsapp.neonize import gate as neonize_gate
 from gatewayd.whatsapp.neonize.backend import NeonizeBackend, open_neonize_backend
 from gatewayd.whatsapp.port import ClientEvent, ConnectFailed
 

@@ -3,7 +3,8 @@
     .venv/bin/python bench/inbound.py                       # both parts, full sizes
     .venv/bin/python bench/inbound.py --only throughput [--agents 50] [--messages 200]
     .venv/bin/python bench/inbound.py --only latency [--latency-agents 100] [--rate 200]
-                                      [--seconds 30] [--warmup 2]
+                                      [--seconds 30] [--warmup 2] [--ai-delay 0]
+                                      [--log-level info]
 
 Runs against an embedded PostgreSQL in a temporary directory (``synchronous_commit`` on).
 
@@ -23,8 +24,9 @@ writer to the baseline.
 
 **Latency.** The real supervisor and agent trees, in this process, on the simulated network
 (``--latency-agents`` paired agents), with AI forwarding on: every inbound message goes to an
-AI backend on 127.0.0.1 — a stdlib HTTP server in its own process that answers at once — and
-its reply is queued and sent back through the agent's outbox. Messages are injected at
+AI backend on 127.0.0.1 — a stdlib HTTP server in its own process that answers at once, or
+after ``--ai-delay`` seconds like a model thinking (then about rate × delay calls are in
+flight) — and its reply is queued and sent back through the agent's outbox. Messages are injected at
 ``--rate`` per second, round-robin over the agents, on a fixed schedule (open loop) for
 ``--seconds``, after ``--warmup`` seconds at the same rate that are not counted. Printed:
 the gateway-added latency p50/p99/max of
@@ -39,18 +41,13 @@ the psycopg worker threads included) and PostgreSQL's, each divided by the messa
 message is committed before the forwarder sees it (the inbound writer hands it over only
 after its commit), and at the end the bench checks that each one is stored, recorded in
 ``ai_executions`` and answered by a sent reply. All clocks are CLOCK_MONOTONIC
-(``time.perf_counter``), shared by both processes.
+(``time.perf_counter``), shared by both processes. The log goes to /dev/null at
+``--log-level`` (the daemon's default, ``info``, unless told): what the daemon logs per
+message is part of its cost. The machine's load average is printed with the figures: on a
+shared machine they move with it.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# bench/http.py shadows the standard library's ``http`` package (which this script and httpx
-# import): the script's directory, first on the path, goes to the end instead.
-sys.path.pop(0)
-sys.path.append(str(Path(__file__).resolve().parent))
 
 import argparse
 import http.server
@@ -58,10 +55,12 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -176,11 +175,13 @@ async def pair_all(sup: AgentSupervisor, sim: SimulatedWhatsApp, agent_ids: Sequ
 
 
 class _AiHandler(http.server.BaseHTTPRequestHandler):
-    """The AI backend: answers every POST at once with ``{"reply": "re <Idempotency-Key>"}``
-    and notes when it had read the request and when it wrote the reply; ``GET /timings``
-    answers those notes."""
+    """The AI backend: answers every POST with ``{"reply": "re <Idempotency-Key>"}``, at once
+    or after ``delay`` seconds, and notes when it had read the request and when it wrote the
+    reply; ``GET /timings`` answers those notes."""
 
     protocol_version = "HTTP/1.1"
+    #: Seconds each answer waits (a model thinking): that many times the rate are in flight.
+    delay = 0.0
     #: (Idempotency-Key, request read, reply written), perf_counter seconds.
     timings: list[tuple[str, float, float]] = []
 
@@ -188,6 +189,8 @@ class _AiHandler(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         received = time.perf_counter()
         key = self.headers.get("Idempotency-Key") or ""
+        if self.delay:
+            time.sleep(self.delay)
         self._answer(json.dumps({"reply": f"re {key}"}).encode())
         # The time it starts writing: what the socket and the gateway do after it counts.
         self.timings.append((key, received, self._written))
@@ -207,9 +210,11 @@ class _AiHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve_ai() -> None:
+def serve_ai(delay: float) -> None:
     """The AI backend process: prints its port, serves until stdin closes."""
+    _AiHandler.delay = delay
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AiHandler)
+    server.request_queue_size = 1024
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     import threading
@@ -224,9 +229,9 @@ class AiBackendProcess:
     url: str
 
     @classmethod
-    def start(cls) -> AiBackendProcess:
+    def start(cls, delay: float) -> AiBackendProcess:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-ai"],
+            [sys.executable, __file__, "--serve-ai", str(delay)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -286,24 +291,42 @@ def quantiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 @attrs.define
-class LatencyResult:
+class Phase:
+    """One stretch of injection at a fixed rate, and what it cost."""
+
+    rate: float
     messages: int
+    #: Seconds from the first injection to the last of its replies handed to the network.
     seconds: float
-    handed_to_request: list[float]
-    reply_to_send: list[float]
-    inject_to_handed: list[float]
     cpu_gateway: float
     cpu_postgres: float
+    #: Inbound transactions (group commits) it took.
     transactions: int
+    #: The machine's 1-minute load average when it began.
+    load: float
+    #: Its messages' ids and injection times (perf_counter).
+    injected: dict[str, float]
+    handed_to_request: list[float] = attrs.Factory(list)
+    reply_to_send: list[float] = attrs.Factory(list)
+    inject_to_handed: list[float] = attrs.Factory(list)
+    #: Its messages that got no reply (the AI call failed), or were not handled in time.
+    not_replied: int = 0
+    not_handled: int = 0
+
+
+@attrs.define
+class LatencyResult:
+    baseline: Phase
+    measured: Phase
     checks: dict[str, int]
 
 
 async def latency(
-    db: Database, postgres_pid: int | None, agents: int, rate: float, seconds: float, warmup: float
+    db: Database, postgres_pid: int | None, args: argparse.Namespace
 ) -> LatencyResult:
-    ai_backend = AiBackendProcess.start()
+    ai_backend = AiBackendProcess.start(args.ai_delay)
     try:
-        return await _latency(db, postgres_pid, ai_backend, agents, rate, seconds, warmup)
+        return await _latency(db, postgres_pid, ai_backend, args)
     finally:
         ai_backend.stop()
 
@@ -312,10 +335,7 @@ async def _latency(
     db: Database,
     postgres_pid: int | None,
     ai_backend: AiBackendProcess,
-    agents: int,
-    rate: float,
-    seconds: float,
-    warmup: float,
+    args: argparse.Namespace,
 ) -> LatencyResult:
     config = Config.from_mapping(
         {"whatsapp": {"mode": "sim"}, "ai": {"backend_url": ai_backend.url, "timeout": 10}}
@@ -328,57 +348,77 @@ async def _latency(
             handed.setdefault(event.message.id, time.perf_counter())
 
     sim.on_handover = on_handover
+    agents = args.latency_agents
     records = await new_agents(db, agents, "lat")
     agent_ids = [r.agent_id for r in records]
     metrics = Metrics()
+    bus = EventBus(64)
+    #: What became of each message (the forwarder's "handled" events): "replied", or why not.
+    outcomes: dict[str, str] = {}
+
+    async def collect(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with bus.subscribe(None, buffer=1_000_000) as events:
+            task_status.started()
+            async for event in events:
+                if event.kind == "handled":
+                    outcomes[event.data["id"]] = event.data["outcome"]
+
     async with new_client() as http, trio.open_nursery() as nursery:
+        await nursery.start(collect)
         ai = AiCaller(db=db, http=http, metrics=metrics, settings=lambda: config)
         sup = AgentSupervisor(
             db=db,
             backend=sim,
             metrics=metrics,
-            bus=EventBus(64),
+            bus=bus,
             config=lambda: config,
             forward=Forwarder(ai),
         )
         await nursery.start(sup.run)
         await pair_all(sup, sim, agent_ids)
+        sender = 0
 
-        def replies() -> int:
-            return sum(1 for a in agent_ids for r in sim.sent(a) if r.kind == "text" and r.text)
-
-        async def inject(count: int) -> dict[str, float]:
+        async def inject(rate: float, count: int) -> dict[str, float]:
             """``count`` messages at ``rate``/s on a fixed schedule; their injection times."""
+            nonlocal sender
             injected: dict[str, float] = {}
             begin = trio.current_time()
             for n in range(count):
                 await trio.sleep_until(begin + n / rate)
-                agent = n % agents
+                agent = sender % agents
+                sender += 1
                 message = sim.inject_text(
                     agent_ids[agent], f"6282{agent:09d}", f"message {n}: is the blue one in stock?"
                 )
                 injected[message.id] = time.perf_counter()
             return injected
 
-        async def settle(expected: int) -> None:
-            with trio.fail_after(120):
-                while replies() < expected:
-                    await trio.sleep(0.1)
+        async def settle(ids: Iterable[str]) -> None:
+            """Wait until every one of ``ids`` is handled: replied, or failed."""
+            waiting = set(ids)
+            with trio.move_on_after(300):
+                while not waiting <= outcomes.keys():
+                    await trio.sleep(0.05)
 
-        await inject(int(warmup * rate))
-        await settle(int(warmup * rate))
-        count = int(seconds * rate)
-        batches, cpu, pg_cpu = sup.inbound.batches, time.process_time(), 0.0
-        if postgres_pid is not None:
-            pg_cpu = process_tree_cpu(postgres_pid)
-        begin = time.perf_counter()
-        injected = await inject(count)
-        await settle(int(warmup * rate) + count)
-        elapsed = time.perf_counter() - begin
-        cpu = time.process_time() - cpu
-        if postgres_pid is not None:
-            pg_cpu = process_tree_cpu(postgres_pid) - pg_cpu
-        transactions = sup.inbound.batches - batches
+        async def phase(rate: float, seconds: float) -> Phase:
+            count = int(seconds * rate)
+            load = os.getloadavg()[0]
+            batches, cpu, pg_cpu = sup.inbound.batches, time.process_time(), 0.0
+            if postgres_pid is not None:
+                pg_cpu = process_tree_cpu(postgres_pid)
+            begin = time.perf_counter()
+            injected = await inject(rate, count)
+            await settle(injected)
+            elapsed = time.perf_counter() - begin
+            cpu = time.process_time() - cpu
+            if postgres_pid is not None:
+                pg_cpu = process_tree_cpu(postgres_pid) - pg_cpu
+            transactions = sup.inbound.batches - batches
+            return Phase(rate, count, elapsed, cpu, pg_cpu, transactions, load, injected)
+
+        await settle(await inject(args.rate, int(args.warmup * args.rate)))
+        baseline = await phase(args.baseline_rate, args.baseline_seconds)
+        measured = await phase(args.rate, args.seconds)
         offset = trio.current_time() - time.perf_counter()  # trio's clock is perf_counter + offset
         sent_at: dict[str, float] = {}
         for agent_id in agent_ids:
@@ -387,18 +427,15 @@ async def _latency(
                     sent_at[record.text[3:]] = record.at - offset
         nursery.cancel_scope.cancel()
     backend = await ai_backend.timings()
-    checks = await _check_stored(db, [r.id for r in records], list(injected))
-    return LatencyResult(
-        messages=count,
-        seconds=elapsed,
-        handed_to_request=[backend[m][0] - handed[m] for m in injected],
-        reply_to_send=[sent_at[m] - backend[m][1] for m in injected],
-        inject_to_handed=[handed[m] - injected[m] for m in injected],
-        cpu_gateway=cpu,
-        cpu_postgres=pg_cpu,
-        transactions=transactions,
-        checks=checks,
-    )
+    for one in (baseline, measured):
+        complete = [m for m in one.injected if m in handed and m in backend and m in sent_at]
+        one.handed_to_request = [backend[m][0] - handed[m] for m in complete]
+        one.reply_to_send = [sent_at[m] - backend[m][1] for m in complete]
+        one.inject_to_handed = [handed[m] - one.injected[m] for m in complete]
+        one.not_replied = len(one.injected) - len(complete)
+        one.not_handled = len([m for m in one.injected if m not in outcomes])
+    checks = await _check_stored(db, [r.id for r in records], list(measured.injected))
+    return LatencyResult(baseline, measured, checks)
 
 
 async def _check_stored(
@@ -425,31 +462,49 @@ async def _check_stored(
     return await db.run(work)
 
 
-def print_latency(result: LatencyResult, agents: int, rate: float) -> None:
-    n = result.messages
+def print_latency(result: LatencyResult, args: argparse.Namespace) -> None:
+    base, run = result.baseline, result.measured
     print(
-        f"agents={agents} rate={rate:g}/s messages={n:,} in {result.seconds:.1f} s"
-        f" (inject → last reply sent), {result.transactions:,} inbound transactions"
-        f" ({n / max(result.transactions, 1):.1f} msg/transaction)"
+        f"agents={args.latency_agents}, AI answers after {args.ai_delay:g} s;"
+        f" load average {run.load:.2f} on {os.cpu_count()} cores"
     )
-    print("gateway-added latency (ms)                      p50      p99      max")
-    for label, values in (
-        ("(a) handed to the daemon → AI request received", result.handed_to_request),
-        ("(b) AI reply sent → send handed to the network", result.reply_to_send),
-        ("    (sim) injected → handed to the daemon     ", result.inject_to_handed),
-    ):
-        p50, p99, top = quantiles(values)
-        print(f"{label}  {p50:7.2f}  {p99:7.2f}  {top:7.2f}")
     print(
-        f"CPU per message: gateway process {result.cpu_gateway / n * 1000:.2f} ms"
-        f" ({result.cpu_gateway / result.seconds:.2f} cores),"
-        f" PostgreSQL {result.cpu_postgres / n * 1000:.2f} ms"
-        f" ({result.cpu_postgres / result.seconds:.2f} cores)"
+        "gateway-added latency (ms)                         p50      p99      max"
+        "   p99 / baseline p99"
     )
+    rows = (
+        ("(a) handed to the daemon → AI request received", "handed_to_request"),
+        ("(b) AI reply sent → send handed to the network", "reply_to_send"),
+        ("    (sim) injected → handed to the daemon     ", "inject_to_handed"),
+    )
+    for one in (base, run):
+        what = "baseline" if one is base else "measured"
+        print(
+            f"{what}: {one.rate:g}/s for {one.messages / one.rate:g} s, {one.messages:,} messages"
+            f" in {one.seconds:.1f} s (inject → last reply sent),"
+            f" {one.messages / max(one.transactions, 1):.1f} msg/inbound transaction;"
+            f" not replied {one.not_replied}, not handled within 300 s {one.not_handled}"
+        )
+        for label, name in rows:
+            values = getattr(one, name)
+            if not values:
+                continue
+            p50, p99, top = quantiles(values)
+            ratio = ""
+            if one is run and getattr(base, name):
+                ratio = f"   {p99 / max(quantiles(getattr(base, name))[1], 1e-3):6.1f}x"
+            print(f"   {label}  {p50:7.2f}  {p99:7.2f}  {top:7.2f}{ratio}")
+        print(
+            f"   CPU per message: gateway process {one.cpu_gateway / one.messages * 1000:.2f} ms"
+            f" ({one.cpu_gateway / one.seconds:.2f} cores), PostgreSQL"
+            f" {one.cpu_postgres / one.messages * 1000:.2f} ms"
+            f" ({one.cpu_postgres / one.seconds:.2f} cores)"
+        )
     checks = result.checks
     print(
-        f"stored {checks['stored']:,}/{n:,}, replied {checks['replied']:,},"
-        f" AI executions {checks['executions']:,}, replies sent {checks['sent']:,}"
+        f"measured messages: stored {checks['stored']:,}/{run.messages:,}, replied"
+        f" {checks['replied']:,}, AI executions {checks['executions']:,}, replies sent"
+        f" {checks['sent']:,} (latencies are of the replied ones)"
     )
 
 
@@ -463,27 +518,27 @@ async def main(args: argparse.Namespace) -> None:
         try:
             async with open_database(server.dsn, max_size=10) as db:
                 await migrate_up(db)
+                # Latency first: the throughput part's 30,000 rows would have autovacuum
+                # running through it.
+                if args.only in (None, "latency"):
+                    result = await latency(db, server.pid, args)
+                    print_latency(result, args)
                 if args.only in (None, "throughput"):
                     await throughput(db, args.agents, args.messages)
-                if args.only in (None, "latency"):
-                    result = await latency(
-                        db, server.pid, args.latency_agents, args.rate, args.seconds, args.warmup
-                    )
-                    print_latency(result, args.latency_agents, args.rate)
         finally:
             server.stop()
 
 
 async def throughput(db: Database, agents: int, messages: int) -> None:
-    base = await baseline(db, await new_agents(db, agents, "base"), messages)
-    rate, per_batch = await grouped(db, await new_agents(db, agents, "group"), messages)
-    full = await full_path(db, agents, messages)
-
     def count(conn: Connection) -> int:
         row = conn.execute("SELECT count(*) FROM messages").fetchone()
         return int(row[0]) if row else 0
 
-    stored = await db.run(count)
+    before = await db.run(count)
+    base = await baseline(db, await new_agents(db, agents, "base"), messages)
+    rate, per_batch = await grouped(db, await new_agents(db, agents, "group"), messages)
+    full = await full_path(db, agents, messages)
+    stored = await db.run(count) - before
     total = agents * messages
     print(f"agents={agents} messages/agent={messages} (each run persists {total:,})")
     print(f"baseline   one commit per message : {base:8.0f} msg/s")
@@ -496,8 +551,8 @@ async def throughput(db: Database, agents: int, messages: int) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve-ai"]:
-        serve_ai()
+    if sys.argv[1:2] == ["--serve-ai"]:
+        serve_ai(float(sys.argv[2]))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("throughput", "latency"))
@@ -507,6 +562,11 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0, help="latency: messages/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="latency: measured")
     parser.add_argument("--warmup", type=float, default=2.0, help="latency: not measured")
+    parser.add_argument(
+        "--ai-delay", type=float, default=0.0, help="latency: seconds the AI backend takes"
+    )
+    parser.add_argument("--baseline-rate", type=float, default=10.0, help="latency: idle rate")
+    parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument("--log-level", default="info", help="the log is written to /dev/null")
     args = parser.parse_args()
     # The daemon's default level: what it logs per message at "info" is part of its cost.

@@ -11,9 +11,14 @@ sends/s for 1,000 agents), the agents' phases spread evenly over the period. Eve
 through ``gatewayd.usecases.messaging.send_text``, the use case both HTTP send routes call:
 it is recorded (``pending``, ``sending``, ``sent``), paced by the agent's token bucket, queued
 on the agent's command channel and sent by its send worker exactly as an API send is (the
-HTTP parsing in front of it is what bench/http.py measures). Each send is a task of its own,
+HTTP parsing in front of it is what bench/http_routes.py measures). Each send is a task of its own,
 as each HTTP request is, and the offer keeps its schedule when the daemon falls behind (open
 loop), so falling behind shows as a growing wait, not as a slower offer.
+
+Two experiments change interpreter settings that the daemon leaves at Python's defaults:
+``--gc-threshold`` (the collector's first threshold, 700; set once the agents are paired)
+and ``--switch-interval`` (``sys.setswitchinterval``, 5 ms: how long a worker thread back
+from the database may wait for the interpreter lock).
 
 Printed, over the steady window that follows the warm-up:
 
@@ -33,22 +38,16 @@ cost by themselves.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as `python bench/sends.py`, this directory comes first on the path, and bench/http.py
-# would stand in for the standard library's http package (which httpx imports).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
-
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from array import array  # noqa: E402
 from collections.abc import Awaitable, Callable  # noqa: E402
+from pathlib import Path
 
 import attrs  # noqa: E402
 import psutil  # noqa: E402
@@ -285,9 +284,6 @@ async def main(args: argparse.Namespace) -> None:
             recipients = [f"62899{i:07d}" for i in range(args.agents)]
             jids = [messaging.recipient(gateway.services, r) for r in recipients]
             network = Network(sim, ids)
-            if args.gc_freeze:
-                gc.collect()
-                gc.freeze()
             if args.gc_threshold:
                 gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
             rss_before = PROC.memory_info().rss / 2**20
@@ -363,17 +359,20 @@ if __name__ == "__main__":
         "--log-level", default="info", help="the daemon's log level (its lines go to /dev/null)"
     )
     parser.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="experiment: gc.freeze() once the agents are paired (the daemon does not)",
-    )
-    parser.add_argument(
         "--gc-threshold",
         type=int,
         default=0,
         help="experiment: the garbage collector's first threshold (Python's default: 700)",
     )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=0.0,
+        help="experiment: sys.setswitchinterval, seconds (Python's default: 0.005)",
+    )
     arguments = parser.parse_args()
+    if arguments.switch_interval:
+        sys.setswitchinterval(arguments.switch_interval)
     with open(os.devnull, "w") as devnull:
         configure_logging(arguments.log_level, "json", stream=devnull)
         gc.callbacks.append(GC.observe)

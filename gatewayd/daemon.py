@@ -218,7 +218,13 @@ async def run_gateway(
                 gateway = _assemble(config, db, backend, http, metrics, notifier, secrets)
                 gateway.config_path = config_path
                 gateway.environ = environ
-                await _run_tasks(gateway, handle_signals=handle_signals, task_status=task_status)
+                try:
+                    await _run_tasks(
+                        gateway, handle_signals=handle_signals, task_status=task_status
+                    )
+                finally:
+                    with trio.CancelScope(shield=True):  # the AI client's idle connections
+                        await gateway.services.ai.aclose()
     finally:
         notifier.close()
     log.info("gatewayd.stopped")

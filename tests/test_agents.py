@@ -544,7 +544,7 @@ async def test_every_line_of_an_agent_tree_carries_its_agent_id(world: World) ->
 
 async def test_logging_out_an_offline_agent_reaches_whatsapp_briefly(world: World) -> None:
     """An agent that is not connected is connected briefly to be logged out (the phone stops
-    listing it); a message waiting for it meanwhile is still stored; when WhatsApp cannot be
+    listing it); the messages waiting for it are all stored first; when WhatsApp cannot be
     reached, the logout says so."""
     sup = await world.start_supervisor()
     handle = await world.paired_agent("bot-a", "628123450001")
@@ -552,16 +552,18 @@ async def test_logging_out_an_offline_agent_reaches_whatsapp_briefly(world: Worl
     assert device is not None
     await sup.stop("bot-a")
     attempts = len(world.sim.connect_attempts[device])
-    waiting = world.sim.inject_text("bot-a", CUSTOMER, "while you were away")
+    waiting = [
+        world.sim.inject_text("bot-a", CUSTOMER, f"while you were away {n}").id for n in range(20)
+    ]
     assert await sup.logout("bot-a") is True
     assert len(world.sim.connect_attempts[device]) == attempts + 1
     assert world.sim.account("bot-a") is None  # the network unlinked it
     stored = await world.db.run(
         lambda conn: conn.execute(
-            "SELECT count(*) FROM messages WHERE wa_message_id = %s", (waiting.id,)
+            "SELECT count(*) FROM messages WHERE wa_message_id = ANY(%s)", (waiting,)
         ).fetchone()
     )
-    assert stored == (1,)
+    assert stored == (len(waiting),)  # the whole backlog, not only what came before the logout
 
     other = await world.paired_agent("bot-b", "628123450002")
     other_device = other.record.device_jid

@@ -200,3 +200,15 @@ def test_the_index_keeps_routes_in_any_order() -> None:
     paths = {p for route in router.routes for p in _paths(route)}
     paths |= {"/a/b/c", "/a/q/z", "/m", "/m/", "/m/x/y", "/ws/1", "/ws/1/", "/file-x.png"}
     offers_every_match(router, paths)
+
+
+async def test_serving_collects_the_young_generation_less_often(
+    client: httpx.AsyncClient,
+) -> None:
+    """Once a server runs, young collections wait for GC_YOUNG_THRESHOLD allocations."""
+    import gc
+
+    from gatewayd.http.app import GC_YOUNG_THRESHOLD
+
+    assert (await client.get("/health")).status_code == 200
+    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD

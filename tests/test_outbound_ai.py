@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-import httpx
 import pytest
 import structlog
 import trio
@@ -32,6 +31,7 @@ from gatewayd.outbound.ai import (
     call_ai,
     extract_reply,
 )
+from gatewayd.outbound.aihttp import AiConnections
 from tests.loopback import serve_app
 
 KEY = "sk-agent-secret-1234"
@@ -90,14 +90,17 @@ async def ai_base(nursery: trio.Nursery) -> str:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    """A client like the daemon's shared one, ignoring proxy settings of the environment."""
-    async with httpx.AsyncClient(trust_env=False) as c:
-        yield c
+async def client() -> AsyncIterator[AiConnections]:
+    """The AI client's connections, as the forwarder has them; closed after the test."""
+    connections = AiConnections()
+    try:
+        yield connections
+    finally:
+        await connections.aclose()
 
 
 async def call(
-    client: httpx.AsyncClient,
+    client: AiConnections,
     url: str,
     *,
     timeout: float = 5,  # noqa: ASYNC109 - passed on to call_ai
@@ -113,9 +116,7 @@ async def call(
     )
 
 
-async def test_success_sends_bearer_trace_id_and_json(
-    client: httpx.AsyncClient, ai_base: str
-) -> None:
+async def test_success_sends_bearer_trace_id_and_json(client: AiConnections, ai_base: str) -> None:
     """A call posts the payload as JSON with Bearer key and X-Request-ID, and reads the reply."""
     payload = build_run_payload(
         message="Hello assistant!", session_id="6281234567890@s.whatsapp.net"
@@ -146,7 +147,7 @@ async def test_success_sends_bearer_trace_id_and_json(
     ],
 )
 async def test_answers_without_or_with_other_reply_shapes(
-    client: httpx.AsyncClient, ai_base: str, name: str, reply: str | None, body: dict[str, Any]
+    client: AiConnections, ai_base: str, name: str, reply: str | None, body: dict[str, Any]
 ) -> None:
     """A 2xx answer without a usable reply is no reply; data.reply and output count as replies."""
     answer = await call(client, f"{ai_base}/canned/{name}")
@@ -155,7 +156,7 @@ async def test_answers_without_or_with_other_reply_shapes(
 
 @pytest.mark.parametrize(("name", "status"), [("fail", 500), ("missing", 404), ("moved", 307)])
 async def test_non_2xx_is_downstream_error_with_capped_excerpt(
-    client: httpx.AsyncClient, ai_base: str, name: str, status: int
+    client: AiConnections, ai_base: str, name: str, status: int
 ) -> None:
     """A non-2xx answer (redirects unfollowed) is AIDownstreamError with status and excerpt."""
     with pytest.raises(AIDownstreamError) as caught:
@@ -174,14 +175,14 @@ async def test_non_2xx_is_downstream_error_with_capped_excerpt(
     [("text", "not JSON"), ("array", "not an object"), ("huge", "larger than")],
 )
 async def test_unusable_answer_is_bad_gateway(
-    client: httpx.AsyncClient, ai_base: str, name: str, why: str
+    client: AiConnections, ai_base: str, name: str, why: str
 ) -> None:
     """A 2xx answer that is not a JSON object, or is over the size cap, raises BadGateway."""
     with pytest.raises(BadGateway, match=why):
         await call(client, f"{ai_base}/canned/{name}")
 
 
-async def test_unreachable_backend_is_bad_gateway(client: httpx.AsyncClient) -> None:
+async def test_unreachable_backend_is_bad_gateway(client: AiConnections) -> None:
     """A connection refused raises BadGateway naming the host, not the key."""
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
@@ -191,7 +192,7 @@ async def test_unreachable_backend_is_bad_gateway(client: httpx.AsyncClient) -> 
     assert KEY not in caught.value.message
 
 
-async def test_invalid_url_is_bad_gateway(client: httpx.AsyncClient) -> None:
+async def test_invalid_url_is_bad_gateway(client: AiConnections) -> None:
     """A malformed or non-HTTP endpoint URL raises BadGateway."""
     for url in ("ftp://127.0.0.1/run", "http://", "not a url"):
         with pytest.raises(BadGateway):
@@ -199,7 +200,7 @@ async def test_invalid_url_is_bad_gateway(client: httpx.AsyncClient) -> None:
 
 
 async def test_silent_backend_times_out_at_the_deadline(
-    client: httpx.AsyncClient, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    client: AiConnections, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:
     """A backend that reads the request and never answers is AITimeout exactly at the deadline."""
     got_request = trio.Event()
@@ -222,7 +223,7 @@ async def test_silent_backend_times_out_at_the_deadline(
     assert [entry["event"] for entry in logs] == ["gatewayd.ai.failed"]
 
 
-async def test_api_key_is_never_logged(client: httpx.AsyncClient, ai_base: str) -> None:
+async def test_api_key_is_never_logged(client: AiConnections, ai_base: str) -> None:
     """Log lines of successful and failed calls carry neither the agent key nor the OpenAI key."""
     with structlog.testing.capture_logs() as logs:
         await call(client, f"{ai_base}/echo", message="hi", openai_api_key="sk-openai-999")

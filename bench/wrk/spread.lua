@@ -1,4 +1,4 @@
--- Requests spread round-robin over a list, for bench/http.py.
+-- Requests spread round-robin over a list, for bench/http_routes.py.
 --
 --   wrk ... -s bench/wrk/spread.lua http://127.0.0.1:PORT -- METHOD FILE
 --

@@ -18,20 +18,29 @@ from gatewayd.config import Config
 from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway, GatewayError
 from gatewayd.metrics import Metrics
 from gatewayd.outbound.ai import AIAnswer, call_ai
+from gatewayd.outbound.aihttp import AiConnections
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.db import Database
 from gatewayd.store.executions import record_execution
 from gatewayd.store.retry import wait_for_database
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class AiCaller:
-    """Calls an agent's AI endpoint with the agent's key; records every execution."""
+    """Calls an agent's AI endpoint with the agent's key; records every execution.
+
+    The calls go through ``connections``, the AI client's own (``gatewayd/outbound/aihttp.py``
+    says why not the shared httpx client); ``aclose`` closes its idle connections."""
 
     db: Database
-    http: httpx.AsyncClient
     metrics: Metrics
     settings: Callable[[], Config]
+    connections: AiConnections = attrs.field(factory=AiConnections, repr=False)
+    #: The shared client, no longer used for AI calls (the daemon still hands it over).
+    http: httpx.AsyncClient | None = None
+
+    async def aclose(self) -> None:
+        await self.connections.aclose()
 
     def endpoint(self, record: AgentRecord) -> str | None:
         """The agent's ``endpoint_url_run``, else ``${AI_BACKEND_URL}/agents/{agentId}/run``."""
@@ -65,7 +74,7 @@ class AiCaller:
         begin = trio.current_time()
         try:
             answer = await call_ai(
-                self.http,
+                self.connections,
                 url,
                 api_key=record.api_key,
                 payload=payload,

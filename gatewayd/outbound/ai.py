@@ -2,7 +2,8 @@
 
 One POST per call: JSON body, ``Authorization: Bearer <agent key>``, ``X-Request-ID:
 <traceId>``, a deadline for the whole exchange. The answer is read up to a cap; the
-minimal answer the contract processes is ``{"reply": "..."}``.
+minimal answer the contract processes is ``{"reply": "..."}``. The call goes through the AI
+client's own connections (``gatewayd/outbound/aihttp.py``, which says why).
 
 Which answers carry a reply. The contract names only ``reply``. We also read
 ``{"data": {"reply": …}}`` (the envelope this project and many backends wrap answers in)
@@ -21,13 +22,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
-import httpx
 import structlog
 import trio
 
 from gatewayd.errors import AIDownstreamError, AITimeout, BadGateway
 from gatewayd.jid import to_contract_jid
-from gatewayd.outbound import map_exceptions, read_capped
+from gatewayd.outbound.aihttp import AiConnections, host_of
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +50,12 @@ class AIAnswer:
 
 
 async def call_ai(
-    client: httpx.AsyncClient,
+    connections: AiConnections,
     url: str,
     *,
     api_key: str,
     payload: Mapping[str, Any],
-    timeout: float,  # noqa: ASYNC109 - also httpx's per-operation timeout and in messages
+    timeout: float,  # noqa: ASYNC109 - the deadline of the whole exchange, and in messages
     trace_id: str,
     idempotency_key: str | None = None,
 ) -> AIAnswer:
@@ -69,31 +69,27 @@ async def call_ai(
         "Authorization": f"Bearer {api_key}",
         "X-Request-ID": trace_id,
         "Accept": "application/json",
+        "Content-Type": "application/json",
     }
     if idempotency_key is not None:
         # The WhatsApp message id: the same for every forward of one message, so a backend
         # can recognise the one repeat a crash can cause (docs/durability.md).
         headers["Idempotency-Key"] = idempotency_key
-    host = _host_of(url)
+    # As httpx encodes a JSON body (what the backends have always been sent).
+    content = json.dumps(
+        dict(payload), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
+    host = host_of(url)
     start = trio.current_time()
     try:
-        with (
-            trio.fail_after(timeout),
-            map_exceptions("the AI backend", host, timeout, on_timeout=AITimeout),
-        ):
-            request = client.build_request(
-                "POST", url, json=dict(payload), headers=headers, timeout=timeout
+        with trio.fail_after(timeout):
+            status, raw, truncated = await connections.post(
+                url, headers, content, cap=MAX_ANSWER_BYTES
             )
-            response = await client.send(request, stream=True, follow_redirects=False)
-            try:
-                raw, truncated = await read_capped(response, MAX_ANSWER_BYTES)
-            finally:
-                await response.aclose()
     except trio.TooSlowError:
         log.warning("gatewayd.ai.failed", host=host, reason="timeout", timeout=timeout)
         raise AITimeout(f"the AI backend at {host} did not answer within {timeout:g} s") from None
     duration = trio.current_time() - start
-    status = response.status_code
     log.info("gatewayd.ai.answered", host=host, status=status, duration=round(duration, 3))
     if not 200 <= status < 300:
         excerpt = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
@@ -132,13 +128,6 @@ def _json_object(raw: bytes) -> dict[str, Any]:
             f"the AI backend's answer is JSON but not an object ({type(body).__name__})"
         )
     return body
-
-
-def _host_of(url: str) -> str:
-    try:
-        return httpx.URL(url).host or "?"
-    except (httpx.InvalidURL, TypeError):
-        return "?"
 
 
 # --- the /run request ------------------------------------------------------------------

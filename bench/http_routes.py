@@ -1,6 +1,6 @@
 """How close gatewayd's HTTP routes come to a bare Starlette route (issue 14, item 1).
 
-    flock /tmp/bench.lock .venv/bin/python bench/http.py [--duration 8] [--connections 16]
+    flock /tmp/bench.lock .venv/bin/python bench/http_routes.py [--duration 8] [--connections 16]
         [--p99-connections 64] [--agents 100] [--sessions 10] [--only health,v1-jwt]
 
 Starts, in one run and side by side:
@@ -33,10 +33,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file's name shadows the standard library's ``http`` package for whatever imports it
-# (httpx does): its directory (the script's, first on the path) goes to the end instead.
-sys.path.pop(0)
-sys.path.append(str(Path(__file__).resolve().parent))  # bench/embedded.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/browser.py
 
 import argparse
@@ -425,7 +421,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10, help="the /api/v1 user's sessions")
     parser.add_argument("--only", default="", help="comma-separated route names (bare always)")
     args = parser.parse_args()
-    assert Path(WRK).is_file(), "bench/http.py needs wrk: apt-get install wrk"
+    assert Path(WRK).is_file(), "bench/http_routes.py needs wrk: apt-get install wrk"
 
     def run(dsn: str) -> None:
         with tempfile.TemporaryDirectory(prefix="gatewayd-bench-http-") as tmp:
