@@ -693,6 +693,37 @@ async def test_ai_failure_reports_to_the_developer_and_never_the_user(
     assert rows == [("timeout" if reason == "TIMEOUT" else "error",)]
 
 
+async def test_replies_and_a_report_between_them_go_out_once_each_in_order(
+    running: Running, ai: AIBackend
+) -> None:
+    """Replies are handed to the outbox in memory once it has read every queued row; a report
+    (queued without that hand-over) between two replies still goes out, each row once, in
+    the order they were queued, and every AI call is recorded, the answered ones with their
+    replies."""
+    await connect(running)
+    sim = sim_of(running)
+    outcomes = []
+    for n, status in enumerate((200, 200, 500, 200, 200)):
+        ai.status, ai.reply = status, f"answer {n}"
+        inbound = sim.inject_text("support-bot", CUSTOMER, f"question {n}")
+        outcomes.append(await handled(running, "support-bot", inbound.id))
+    assert outcomes == ["replied", "replied", "failed:ERROR", "replied", "replied"]
+    texts = [(r.to, r.text) for r in sim.sent("support-bot") if r.kind == "text"]
+    user, dev = f"{CUSTOMER}@s.whatsapp.net", f"{DEV}@s.whatsapp.net"
+    assert [to for to, _ in texts] == [user, user, dev, user, user]
+    assert [text for to, text in texts if to == user] == [f"answer {n}" for n in (0, 1, 3, 4)]
+    executions = await running.gateway.db.run(
+        lambda conn: conn.execute("SELECT status FROM ai_executions ORDER BY id").fetchall()
+    )
+    assert [e for (e,) in executions] == ["success", "success", "error", "success", "success"]
+    statuses = await running.gateway.db.run(
+        lambda conn: conn.execute(
+            "SELECT status, count(*) FROM messages WHERE direction = 'outbound' GROUP BY status"
+        ).fetchall()
+    )
+    assert statuses == [("sent", 5)]
+
+
 async def test_restart_between_persisting_and_forwarding_forwards_once(
     pg_dsn: str, ai: AIBackend, gateway_config: Config, nursery: trio.Nursery
 ) -> None:

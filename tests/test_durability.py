@@ -357,9 +357,11 @@ async def test_a_reply_older_than_the_max_age_is_expired_not_sent(world: World) 
         record.id,
         CUSTOMER_JID,
     )
-    reply = await outbound_store.queue_reply(
+    queued = await outbound_store.queue_reply(
         world.db, record.id, inbound_row, Outgoing(to=CUSTOMER_JID, text="late"), trace_id=None
     )
+    assert queued is not None
+    reply = queued.row_id
     await rows(
         world.db,
         "UPDATE messages SET created_at = now() - interval '2 hours' WHERE id = %s RETURNING id",

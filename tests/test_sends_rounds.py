@@ -244,8 +244,8 @@ async def test_a_reply_sent_settles_its_inbound_message(database: Database, coun
         reply = await outbound_store.queue_reply(
             database, agent_uuid, int(str(inbound)), Outgoing(to=CUSTOMER, text="ok"), trace_id=None
         )
-        assert reply is not None and await outbound_store.mark_sending(database, reply)
-        replies.append(reply)
+        assert reply is not None and await outbound_store.mark_sending(database, reply.row_id)
+        replies.append(reply.row_id)
     async with trio.open_nursery() as nursery:
         for n, reply in enumerate(replies):
             nursery.start_soon(

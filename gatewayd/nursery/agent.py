@@ -38,7 +38,7 @@ from gatewayd.errors import (
 )
 from gatewayd.nursery.backoff import Backoff
 from gatewayd.nursery.bus import BusEvent
-from gatewayd.nursery.handle import AgentHandle
+from gatewayd.nursery.handle import AgentHandle, Answer
 from gatewayd.nursery.sending import Sending
 from gatewayd.store import agents as agents_store
 from gatewayd.store import messages as messages_store
@@ -349,12 +349,16 @@ class AgentTree(Sending):
             await wait_for_database(db, lambda: self.sup.outcomes.submit((row, decision)))
             self._publish_handled(row, stored.message.id, decision)
             return
-        await wait_for_database(
+        answer = decision if isinstance(decision, Answer) else Answer(decision)
+        queued = await wait_for_database(
             db,
             lambda: outbound_store.queue_reply(
-                db, handle.id, row, decision, trace_id=stored.trace_id
+                db, handle.id, row, answer.reply, trace_id=stored.trace_id,
+                reply_to_wa_id=stored.message.id, execution=answer.execution,
             ),
-        )
+        )  # fmt: skip
+        if queued is not None and handle.outbox_fresh is not None:
+            handle.outbox_fresh.append(queued)  # the outbox need not read it back
         handle.outbox_wake.set()
 
     async def _quarantine(self, stored: StoredInbound, reason: str) -> None:

@@ -21,7 +21,7 @@ from gatewayd.outbound.ai import AIAnswer, call_ai
 from gatewayd.outbound.aihttp import AiConnections
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.db import Database
-from gatewayd.store.executions import record_execution
+from gatewayd.store.executions import Execution, insert_execution, record_execution
 from gatewayd.store.retry import wait_for_database
 
 
@@ -59,10 +59,14 @@ class AiCaller:
         count_errors: bool = False,
         idempotency_key: str | None = None,
         wait_for_store: bool = False,
+        record_success: bool = True,
     ) -> AIAnswer:
         """Call the agent's AI endpoint; record the execution and the latency either way.
 
         ``wait_for_store``: recording waits out a database outage instead of failing.
+
+        ``record_success=False``: a successful call is left for the caller to record
+        (``execution``), with what it writes next in the same transaction.
 
         ``count_errors``: count a failure in whatsapp_errors_total here (the forwarder);
         HTTP callers leave it to the HTTP edge, which counts every error answer once."""
@@ -100,17 +104,23 @@ class AiCaller:
             )
             raise
         self.metrics.wa_ai_latency.observe(answer.duration)
-        await self._record(
-            wait_for_store,
-            record.id,
-            request=payload,
-            response=answer.body,
-            duration=answer.duration,
-            status="success",
-            trace_id=trace_id,
-            message_id=message_row,
-        )
+        if record_success:
+            await self._record(
+                wait_for_store,
+                record.id,
+                request=payload,
+                response=answer.body,
+                duration=answer.duration,
+                status="success",
+                trace_id=trace_id,
+                message_id=message_row,
+            )
         return answer
+
+    async def record(self, execution: Execution) -> None:
+        """Record a successful call left unrecorded, through a database outage."""
+        db = self.db
+        await wait_for_database(db, lambda: db.run(insert_execution, execution))
 
     async def _record(self, wait: bool, agent_uuid: uuid.UUID, **fields: Any) -> None:
         """Record an AI call. ``wait``: through a database outage (the forwarder: failing here

@@ -25,11 +25,13 @@ from gatewayd.errors import AITimeout, GatewayError
 from gatewayd.jid import is_lid, lid_jid, normalize_recipient, phone_jid, to_contract_jid
 from gatewayd.nursery.aicall import AiCaller
 from gatewayd.nursery.commands import Outgoing
+from gatewayd.nursery.handle import Answer
 from gatewayd.nursery.mentions import mentions_agent
 from gatewayd.outbound.ai import build_run_payload
 from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.db import Database
+from gatewayd.store.executions import Execution
 from gatewayd.store.messages import StoredInbound
 from gatewayd.store.retry import wait_for_database
 from gatewayd.whatsapp.port import InboundMessage
@@ -117,7 +119,7 @@ class Forwarder:
     def _config(self) -> Config:
         return self.ai.settings()
 
-    async def __call__(self, handle: AgentHandle, stored: StoredInbound) -> str | Outgoing:
+    async def __call__(self, handle: AgentHandle, stored: StoredInbound) -> str | Answer:
         message = stored.message
         trace_id = stored.trace_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(traceId=trace_id):
@@ -137,7 +139,7 @@ class Forwarder:
 
     async def _forward(
         self, handle: AgentHandle, stored: StoredInbound, trace_id: str
-    ) -> str | Outgoing:
+    ) -> str | Answer:
         message = stored.message
         payload = build_run_payload(
             message=message.text or "",
@@ -161,6 +163,7 @@ class Forwarder:
                 count_errors=True,
                 idempotency_key=message.id,
                 wait_for_store=True,
+                record_success=False,  # with the reply, or below
             )
         except GatewayError as exc:
             reason = "TIMEOUT" if isinstance(exc, AITimeout) else "ERROR"
@@ -169,11 +172,21 @@ class Forwarder:
             await self._report(handle, message, reason, trace_id)
             return f"failed:{reason}"
         await self._typing(handle, message.chat, False)
+        # Recorded with the reply it brought, in one transaction (gatewayd/nursery/agent.py);
+        # a crash before that commit forwards the message again, and the repeated call is
+        # the one recorded.
+        execution = Execution(
+            agent_uuid=handle.id, request=payload, response=answer.body,
+            duration=answer.duration, status="success", trace_id=trace_id,
+            message_id=stored.row_id,
+        )  # fmt: skip
         if not answer.reply:
+            await self.ai.record(execution)
             return "no_reply"
         # In a group the reply quotes the message, naming its sender as the group addresses it.
         quote = message.reply_quote() if message.is_group else None
-        return Outgoing(to=message.chat, text=textsafe.clean(answer.reply), quote=quote)
+        reply = Outgoing(to=message.chat, text=textsafe.clean(answer.reply), quote=quote)
+        return Answer(reply, execution)
 
     async def _typing(self, handle: AgentHandle, chat: str, on: bool) -> None:
         if not handle.connected:
@@ -211,4 +224,5 @@ class Forwarder:
         await wait_for_database(
             db, lambda: outbound_store.queue(db, handle.id, report, trace_id=trace_id)
         )
+        handle.outbox_fresh = None  # not handed over: the outbox reads the table
         handle.outbox_wake.set()

@@ -8,6 +8,7 @@ a queued send that will not go out and releases its row.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -21,13 +22,23 @@ from gatewayd.nursery.ratelimit import TokenBucket
 from gatewayd.store import agents as agents_store
 from gatewayd.store import outbound as outbound_store
 from gatewayd.store.db import Database
+from gatewayd.store.executions import Execution
 from gatewayd.store.messages import StoredInbound
 from gatewayd.whatsapp.port import PairCode, WhatsAppClient
 from gatewayd.whatsapp.qr import QrState
 
+
+@attrs.frozen
+class Answer:
+    """A reply to queue, with the AI call that produced it (recorded in the same transaction)."""
+
+    reply: Outgoing
+    execution: Execution | None = None
+
+
 #: What the forwarder decides for one persisted inbound message: its final outcome, or a
 #: reply to queue (the message is handled once the reply went out or definitively failed).
-Forward = Callable[["AgentHandle", StoredInbound], Awaitable["str | Outgoing"]]
+Forward = Callable[["AgentHandle", StoredInbound], Awaitable["str | Outgoing | Answer"]]
 
 
 @attrs.define(eq=False)
@@ -49,6 +60,9 @@ class AgentHandle:
     online: trio.Event = attrs.field(factory=trio.Event)
     #: Set when a row is queued for the outbox.
     outbox_wake: trio.Event = attrs.field(factory=trio.Event)
+    #: Rows just queued, handed to the outbox in memory while it has read everything queued
+    #: before them (None otherwise: it reads the table). gatewayd/nursery/sending.py.
+    outbox_fresh: deque[outbound_store.OutboundRow] | None = None
     #: Where the inbound writer hands this agent's newly stored messages (the running tree's
     #: forwarder); None between trees — those rows are picked up by the next tree's scan.
     inbound: trio.MemorySendChannel[StoredInbound] | None = None

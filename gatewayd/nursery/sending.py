@@ -8,6 +8,7 @@ before WhatsApp gets it and ``sent`` after, so a crash in between leaves ``unkno
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from gatewayd.nursery.handle import AgentHandle
 
 log = structlog.get_logger()
+
+#: Queued rows the outbox reads at once.
+OUTBOX_BATCH = 50
 
 
 class Sending:
@@ -75,19 +79,45 @@ class Sending:
                     await release_shielded(self.sup.db, command.row_id, "the agent stopped")
 
     async def _outbox(self) -> None:
-        """Send the agent's queued rows (AI replies, reports) whenever it is connected."""
+        """Send the agent's queued rows (AI replies, reports) whenever it is connected.
+
+        Rows are read from the table, oldest first. Once a read has found all there was,
+        the rows queued after it are handed over in memory (``handle.outbox_fresh``, filled
+        by the forwarder after each commit) instead of being read back: one store call less
+        per reply. Whatever does not go as planned (not connected, a row still queued, a
+        row queued by someone who does not hand it over) sets it to None, and the table is
+        read again. Rows of one agent are queued one after another (its forwarder), so a
+        row handed over that the last read also found has an id no newer than that read's.
+        """
         handle, db = self.handle, self.sup.db
-        while True:
-            await handle.online.wait()
-            wake = handle.outbox_wake = trio.Event()  # before reading: no wake-up is missed
-            rows = await wait_for_database(db, lambda: outbound_store.queued(db, handle.id, 50))
-            if not rows:
-                await wake.wait()
-                continue
-            for row in rows:
-                # Stop at the first row that is not settled: replies keep their order.
-                if not handle.connected or not await self._send_queued(row):
-                    break
+        handle.outbox_fresh = None
+        newest = 0  # the newest row id taken so far
+        try:
+            while True:
+                await handle.online.wait()
+                wake = handle.outbox_wake = trio.Event()  # before reading: no wake-up is missed
+                fresh: deque[outbound_store.OutboundRow] | None = handle.outbox_fresh
+                if fresh is not None:
+                    rows = [row for row in fresh if row.row_id > newest]
+                    fresh.clear()
+                else:
+                    handle.outbox_fresh = deque()  # from now on, before the read's snapshot
+                    rows = await wait_for_database(
+                        db, lambda: outbound_store.queued(db, handle.id, OUTBOX_BATCH)
+                    )
+                    if len(rows) == OUTBOX_BATCH:
+                        handle.outbox_fresh = None  # more in the table than read
+                if not rows:
+                    await wake.wait()
+                    continue
+                for row in rows:
+                    newest = max(newest, row.row_id)
+                    # Stop at the first row that is not settled: replies keep their order.
+                    if not handle.connected or not await self._send_queued(row):
+                        handle.outbox_fresh = None
+                        break
+        finally:
+            handle.outbox_fresh = None
 
     async def _send_queued(self, row: outbound_store.OutboundRow) -> bool:
         """Send one queued row; False when it is still queued (try again later)."""

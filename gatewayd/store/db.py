@@ -219,8 +219,11 @@ class Database:
 
         def work(pooled: Pool) -> T:
             with map_exceptions(), borrow(pooled, self._timeout) as conn:
-                conn.autocommit = True  # the pool's reset callback turns it off again
-                return fn(conn, *args)
+                conn.autocommit = True
+                try:
+                    return fn(conn, *args)
+                finally:
+                    _autocommit_off(conn)
 
         return await self._call(work)
 
@@ -380,3 +383,14 @@ async def open_database(
             await trio.to_thread.run_sync(first.pool.close if db is None else db._close_all)
         if db is not None:
             logger.info("gatewayd.db.closed", **where)
+
+
+def _autocommit_off(conn: Connection) -> None:
+    """Back to transactions before the connection returns to the pool; one that cannot be
+    (broken, or left inside a transaction) is closed, and the pool replaces it."""
+    if conn.closed:
+        return
+    try:
+        conn.autocommit = False
+    except psycopg.Error:
+        conn.close()

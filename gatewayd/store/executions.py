@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import attrs
 from psycopg.types.json import Jsonb
 
 from gatewayd import textsafe
@@ -19,6 +20,44 @@ def _storable(document: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@attrs.frozen(kw_only=True)
+class Execution:
+    """One AI call as ai_executions keeps it, ready to be written (``insert_execution``)."""
+
+    agent_uuid: uuid.UUID
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    duration: float
+    status: str
+    error: str | None = None
+    trace_id: str | None = None
+    message_id: int | None = None
+
+
+def insert_execution(conn: Connection, execution: Execution) -> int:
+    """Write ``execution`` in the caller's transaction; its id. Strings PostgreSQL refuses
+    (NUL, lone surrogates) are stored cleaned; the originals go under ``"$escaped"`` in the
+    same document (gatewayd/textsafe.py)."""
+    response = execution.response
+    error = execution.error
+    row = conn.execute(
+        "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status,"
+        " error, trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (
+            execution.agent_uuid,
+            execution.message_id,
+            Jsonb(_storable(execution.request)),
+            Jsonb(_storable(response)) if response is not None else None,
+            max(0, round(execution.duration * 1000)),
+            execution.status,
+            textsafe.clean(error) if error is not None else None,
+            execution.trace_id,
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def record_execution(
     db: Database,
     agent_uuid: uuid.UUID,
@@ -31,28 +70,9 @@ async def record_execution(
     trace_id: str | None = None,
     message_id: int | None = None,
 ) -> int:
-    """Record one AI call. Strings PostgreSQL refuses (NUL, lone surrogates) are stored
-    cleaned; the originals go under ``"$escaped"`` in the same document (gatewayd/textsafe.py)."""
-    request = _storable(request)
-    response = _storable(response) if response is not None else None
-    error = textsafe.clean(error) if error is not None else None
-
-    def work(conn: Connection) -> int:
-        row = conn.execute(
-            "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status, error,"
-            " trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (
-                agent_uuid,
-                message_id,
-                Jsonb(request),
-                Jsonb(response) if response is not None else None,
-                max(0, round(duration * 1000)),
-                status,
-                error,
-                trace_id,
-            ),
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    return await db.run(work)
+    """Record one AI call in a transaction of its own (``insert_execution``)."""
+    execution = Execution(
+        agent_uuid=agent_uuid, request=request, response=response, duration=duration,
+        status=status, error=error, trace_id=trace_id, message_id=message_id,
+    )  # fmt: skip
+    return await db.run(insert_execution, execution)

@@ -34,6 +34,7 @@ from gatewayd.errors import StoreError, StoreUnavailable
 from gatewayd.jid import is_group
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.store.db import Connection, Database
+from gatewayd.store.executions import Execution, insert_execution
 
 __all__ = [
     "OutboundRow",
@@ -447,15 +448,22 @@ async def queue_reply(
     message: Outgoing,
     *,
     trace_id: str | None,
-) -> int | None:
-    """Durably queue the AI's reply to ``inbound_row``, which becomes ``answered``; None (and
-    nothing queued) when that message is no longer waiting for an answer (handled,
-    quarantined, or answered already by someone else)."""
+    reply_to_wa_id: str | None = None,
+    execution: Execution | None = None,
+) -> OutboundRow | None:
+    """Durably queue the AI's reply to ``inbound_row``, which becomes ``answered``; the row
+    as the outbox would read it back (``reply_to_wa_id``: the WhatsApp id of the message it
+    answers). None (and nothing queued) when that message is no longer waiting for an answer
+    (handled, quarantined, or answered already by someone else). ``execution``, the AI call
+    that produced the reply, is recorded in the same transaction either way."""
+    stored = attrs.evolve(message, data=None)  # as the outbox reads it back: no bytes
 
-    def work(conn: Connection) -> int | None:
+    def work(conn: Connection) -> OutboundRow | None:
+        if execution is not None:
+            insert_execution(conn, execution)
         taken = conn.execute(
             "UPDATE messages SET status = 'answered' WHERE id = %s AND status = 'received'"
-            " AND handled_at IS NULL RETURNING id",
+            " AND handled_at IS NULL RETURNING now()",
             (inbound_row,),
         ).fetchone()
         if taken is None:
@@ -464,7 +472,8 @@ async def queue_reply(
             conn, agent_uuid, message, status="queued", trace_id=trace_id, reply_to=inbound_row
         )
         assert row_id is not None  # no key: no conflict possible
-        return row_id
+        # now() is the transaction's start, as the row's created_at default.
+        return OutboundRow(row_id, stored, taken[0], inbound_row, trace_id, reply_to_wa_id)
 
     return await db.run(work)
 

@@ -11,6 +11,7 @@ fail instead of at the end of the pool's timeout. Blocking: worker threads only.
 from __future__ import annotations
 
 import math
+import select
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -39,6 +40,8 @@ _CONNECTION_DEFAULTS: dict[str, str | int] = {
 
 #: How often a caller waiting for a pool connection looks at the pool's health.
 WAIT_SLICE = 0.1
+#: A connection idle for longer is checked (an empty query) before it is lent again.
+CHECK_AFTER_IDLE = 1.0
 
 
 def error_message(exc: psycopg.Error) -> str:
@@ -65,6 +68,9 @@ def _reporting_class(health: Health) -> type[Connection]:
     """A connection class that records each connection attempt in ``health``."""
 
     class ReportingConnection(psycopg.Connection[TupleRow]):
+        #: time.monotonic() when it was last given back (0: never lent).
+        returned_at = 0.0
+
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
             try:
@@ -87,9 +93,23 @@ class Pool:
     health: Health
 
 
-def _reset(conn: Connection) -> None:
-    # Called by the pool on every returned connection, in idle state.
-    conn.autocommit = False
+def _check_if_idle(conn: Connection) -> None:
+    """The pool's check of a connection it is about to lend: an empty query, to drop one a
+    database restart or ``pg_terminate_backend`` killed; but for a connection given back
+    less than ``CHECK_AFTER_IDLE`` s ago, only if the server has sent something since (a
+    server ending a session says so, or at least closes the socket: it becomes readable;
+    an idle session otherwise gets nothing, as gatewayd never LISTENs). Checking every
+    connection cost a round trip per store call, a good part of each under load
+    (docs/benchmarks.md)."""
+    idle = time.monotonic() - getattr(conn, "returned_at", 0.0)
+    if idle > CHECK_AFTER_IDLE or _readable(conn):
+        ConnectionPool.check_connection(conn)
+
+
+def _readable(conn: Connection) -> bool:
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @attrs.frozen
@@ -122,8 +142,9 @@ class PoolSpec:
             open=False,
             name="gatewayd",
             timeout=self.connect_timeout,  # how long a caller waits for a connection
-            check=ConnectionPool.check_connection,  # drop connections a DB restart killed
-            reset=_reset,
+            # No ``reset``: with one, psycopg_pool hands every returned connection to its
+            # worker thread first (a thread switch per call); run_autocommit resets its own.
+            check=_check_if_idle,
         )
         return Pool(pool, health)
 
@@ -166,4 +187,7 @@ def borrow(pooled: Pool, timeout: float) -> Iterator[Connection]:
                     raise PoolTimeout(f"no connection within {timeout:g} s") from None
                 continue
             break
-        yield conn
+        try:
+            yield conn
+        finally:
+            conn.returned_at = time.monotonic()  # type: ignore[attr-defined]
