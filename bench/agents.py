@@ -23,27 +23,27 @@ wait, and when the last agent's first send went out, counted from the start of t
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import gc
+import statistics
+import tempfile
+import time
 from pathlib import Path
 
-import attrs  # noqa: E402
-import psutil  # noqa: E402
-import trio  # noqa: E402
+import attrs
+import psutil
+import trio
 
-from gatewayd.config import Config  # noqa: E402
-from gatewayd.log import configure_logging  # noqa: E402
-from gatewayd.metrics import Metrics  # noqa: E402
-from gatewayd.nursery.agents import AgentSupervisor  # noqa: E402
-from gatewayd.nursery.bus import EventBus  # noqa: E402
-from gatewayd.nursery.commands import Outgoing  # noqa: E402
-from gatewayd.store.db import open_database  # noqa: E402
-from gatewayd.store.embedded import EmbeddedPostgres  # noqa: E402
-from gatewayd.store.migrations import migrate_up  # noqa: E402
-from gatewayd.whatsapp.sim import SimulatedWhatsApp  # noqa: E402
+from gatewayd.config import Config
+from gatewayd.log import configure_logging
+from gatewayd.metrics import Metrics
+from gatewayd.nursery.agents import AgentSupervisor
+from gatewayd.nursery.bus import EventBus
+from gatewayd.nursery.commands import Outgoing
+from gatewayd.store.db import open_database
+from gatewayd.store.embedded import EmbeddedPostgres
+from gatewayd.store.migrations import migrate_up
+from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
 PROC = psutil.Process()
 CUSTOMER = "6281111111111@s.whatsapp.net"

@@ -67,6 +67,7 @@ import attrs
 import trio
 
 from gatewayd.config import Config
+from gatewayd.http.app import collect_less_often
 from gatewayd.log import configure_logging
 from gatewayd.metrics import Metrics
 from gatewayd.nursery.agents import AgentSupervisor
@@ -363,9 +364,10 @@ async def _latency(
                 if event.kind == "handled":
                     outcomes[event.data["id"]] = event.data["outcome"]
 
-    async with new_client() as http, trio.open_nursery() as nursery:
+    collect_less_often()  # as the daemon does once it serves HTTP
+    async with trio.open_nursery() as nursery:
         await nursery.start(collect)
-        ai = AiCaller(db=db, http=http, metrics=metrics, settings=lambda: config)
+        ai = AiCaller(db=db, metrics=metrics, settings=lambda: config)
         sup = AgentSupervisor(
             db=db,
             backend=sim,

@@ -15,10 +15,11 @@ HTTP parsing in front of it is what bench/http_routes.py measures). Each send is
 as each HTTP request is, and the offer keeps its schedule when the daemon falls behind (open
 loop), so falling behind shows as a growing wait, not as a slower offer.
 
-Two experiments change interpreter settings that the daemon leaves at Python's defaults:
-``--gc-threshold`` (the collector's first threshold, 700; set once the agents are paired)
-and ``--switch-interval`` (``sys.setswitchinterval``, 5 ms: how long a worker thread back
-from the database may wait for the interpreter lock).
+Two experiments change interpreter settings: ``--gc-threshold`` (the collector's first
+threshold; the daemon sets ``GC_YOUNG_THRESHOLD`` of gatewayd/http/app.py when it starts
+serving, Python's default is 700; set once the agents are paired) and ``--switch-interval``
+(``sys.setswitchinterval``, 5 ms: how long a worker thread back from the database may wait for
+the interpreter lock).
 
 Printed, over the steady window that follows the warm-up:
 
@@ -38,28 +39,28 @@ cost by themselves.
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
+import argparse
+import gc
+import math
+import os
 import sys
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from array import array  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
+import tempfile
+import time
+from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import attrs  # noqa: E402
-import psutil  # noqa: E402
-import trio  # noqa: E402
+import attrs
+import psutil
+import trio
 
-from gatewayd.config import Config  # noqa: E402
-from gatewayd.daemon import Gateway, run_gateway  # noqa: E402
-from gatewayd.log import configure_logging  # noqa: E402
-from gatewayd.nursery.bus import EventBus  # noqa: E402
-from gatewayd.store import outbound as outbound_store  # noqa: E402
-from gatewayd.usecases import messaging  # noqa: E402
-from gatewayd.whatsapp.sim import SimulatedWhatsApp  # noqa: E402
+from gatewayd.config import Config
+from gatewayd.daemon import Gateway, run_gateway
+from gatewayd.log import configure_logging
+from gatewayd.nursery.bus import EventBus
+from gatewayd.store import outbound as outbound_store
+from gatewayd.usecases import messaging
+from gatewayd.whatsapp.sim import SimulatedWhatsApp
 
 PROC = psutil.Process()
 TEXT = "Your order #1042 has shipped and will arrive on Thursday."
@@ -362,7 +363,7 @@ if __name__ == "__main__":
         "--gc-threshold",
         type=int,
         default=0,
-        help="experiment: the garbage collector's first threshold (Python's default: 700)",
+        help="experiment: the garbage collector's first threshold (the daemon's: 10,000)",
     )
     parser.add_argument(
         "--switch-interval",
