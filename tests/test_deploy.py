@@ -65,6 +65,17 @@ def test_install_script_installs_a_daemon_that_serves(tmp_path: Path) -> None:
     # port, and the simulated network (WhatsApp cannot be reached from here).
     state = root / "var" / "lib" / "gatewayd"
     state.mkdir(parents=True)
+    # The installed as-service.sh (for cron, docs/backup.md) runs a command with the
+    # environment file's settings, in the state directory.
+    as_service = root / "opt" / "gatewayd" / "as-service.sh"
+    assert stat.S_IMODE(as_service.stat().st_mode) == 0o755
+    seen = subprocess.run(
+        [str(as_service), "sh", "-c", "pwd; env"],
+        env={"PATH": os.environ["PATH"], "DESTDIR": str(root)},
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.splitlines()  # fmt: skip
+    assert Path(seen[0]).resolve() == state.resolve()
+    assert {f"{name}={value}" for name, value in env.items()} <= set(seen[1:])
     env.update(
         {
             "GATEWAYD_SERVER_PORT": "0",

@@ -22,6 +22,8 @@ install -d -m 0755 "$dest/opt/gatewayd"
 rm -rf "$dest/opt/gatewayd/.venv"
 "$python" -m venv "$dest/opt/gatewayd/.venv"
 "$dest/opt/gatewayd/.venv/bin/pip" install --quiet --disable-pip-version-check "$wheel"
+# Runs a command as the unit runs the daemon (docs/deploy.md, docs/backup.md: backups, restores).
+install -m 0755 tools/as-service.sh "$dest/opt/gatewayd/as-service.sh"
 
 # 3. The config in /etc/gatewayd; secrets in the environment file, readable by root only
 #    (systemd reads it before dropping privileges).
