@@ -317,6 +317,59 @@ async def test_a_restarted_tree_hands_over_every_stored_message_once(world: Worl
     assert outcomes == [("recorded", 2)] + [("recorded", 1)] * 19
 
 
+async def test_a_message_that_keeps_killing_its_tree_is_quarantined_and_no_other_is(
+    world: World,  # noqa: F811
+) -> None:
+    """Every forwarding attempt is counted before it starts: a message whose forwarding never
+    ends (each time its tree is killed) is quarantined after agents.forward_max_attempts,
+    while the messages queued behind it count exactly the one attempt that handles them. One
+    reaching an idle forwarder had its first attempt counted in its own insert."""
+    handed: list[str] = []
+    stuck = trio.Event()
+
+    async def forward(handle: AgentHandle, stored: StoredInbound) -> str:
+        handed.append(stored.message.text or "")
+        if stored.message.text == "poison":
+            stuck.set()
+            await trio.sleep_forever()  # as if it killed the process
+        return "recorded"
+
+    sup = await world.start_supervisor(forward=forward)
+    await world.paired_agent("bot-a", "628123450001")
+    with world.bus.subscribe("bot-a") as events:
+        world.sim.inject_text("bot-a", CUSTOMER, "first")
+        await wait_for(events, lambda e: e.kind == "handled")
+    [(attempts,)] = await rows(world.db, "SELECT attempts FROM messages")
+    assert attempts == 1
+    assert sup.attempts.submitted == 0  # counted in the insert: the forwarder was idle
+
+    world.sim.inject_text("bot-a", CUSTOMER, "poison")
+    await stuck.wait()
+    with world.bus.subscribe("bot-a") as events:
+        for n in range(3):
+            world.sim.inject_text("bot-a", CUSTOMER, f"behind {n}")
+        for _ in range(3):
+            await wait_for(events, lambda e: e.kind == "message")
+    limit = world.config.agents.forward_max_attempts
+    with world.bus.subscribe("bot-a") as events:
+        for _ in range(limit - 1):  # each restart takes the poison up again first
+            stuck = trio.Event()
+            await sup.restart("bot-a")
+            await stuck.wait()
+        await sup.restart("bot-a")  # now it is over the limit
+        outcomes = {}
+        while len(outcomes) < 4:
+            event = await wait_for(events, lambda e: e.kind == "handled")
+            outcomes[event.data["rowId"]] = event.data["outcome"]
+    stored = await rows(
+        world.db, "SELECT text, attempts, status, outcome FROM messages ORDER BY id"
+    )
+    assert stored[0] == ("first", 1, "received", "recorded")
+    assert stored[1][:3] == ("poison", limit + 1, "quarantined")
+    assert stored[2:] == [(f"behind {n}", 1, "received", "recorded") for n in range(3)]
+    assert handed.count("poison") == limit
+
+
 async def test_a_reply_waits_for_the_connection_and_is_sent_once_it_is_back(
     world: World,  # noqa: F811
 ) -> None:

@@ -313,24 +313,43 @@ class AgentTree(Sending):
         # their second copy has passed.
         await scan.done.wait()
         twice, taken = set(scan.rows), set[int]()
-        async for stored in inbound:
-            row = stored.row_id
-            if row in twice:
-                if row in taken:
-                    twice.discard(row)
-                    taken.discard(row)
-                    continue
-                taken.add(row)
-            with structlog.contextvars.bound_contextvars(messageId=stored.message.id):
-                await self._forward_one(stored)
+        handle = self.handle
+        try:
+            while True:
+                if inbound.statistics().current_buffer_used == 0:
+                    handle.forwarder_idle = True
+                try:
+                    stored = await inbound.receive()
+                except trio.EndOfChannel:
+                    return
+                handle.forwarder_idle = False
+                await self._take(stored, twice, taken)
+        finally:
+            handle.forwarder_idle = False
+
+    async def _take(self, stored: StoredInbound, twice: set[int], taken: set[int]) -> None:
+        """Forward ``stored`` unless it is the second copy of a row read back at the start."""
+        row = stored.row_id
+        if row in twice:
+            if row in taken:
+                twice.discard(row)
+                taken.discard(row)
+                return
+            taken.add(row)
+        with structlog.contextvars.bound_contextvars(messageId=stored.message.id):
+            await self._forward_one(stored)
 
     async def _forward_one(self, stored: StoredInbound) -> None:
         handle, db = self.handle, self.sup.db
         row = stored.row_id
         limit = self.sup.config().agents.forward_max_attempts
         # Counted before the forwarder starts: a message that keeps killing the process is
-        # recognised after `limit` tries (many rows per transaction, across agents).
-        attempts = await wait_for_database(db, lambda: self.sup.attempts.submit(row))
+        # recognised after `limit` tries (many rows per transaction, across agents). One the
+        # writer handed to this idle forwarder came with its first attempt counted in its
+        # insert: one store call less per message (AgentSupervisor._take_first_attempt).
+        attempts = stored.attempts
+        if attempts is None:
+            attempts = await wait_for_database(db, lambda: self.sup.attempts.submit(row))
         if attempts > limit:
             await self._quarantine(stored, f"not handled after {limit} attempts")
             return
@@ -357,7 +376,11 @@ class AgentTree(Sending):
                 reply_to_wa_id=stored.message.id, execution=answer.execution,
             ),
         )  # fmt: skip
-        if queued is not None and handle.outbox_fresh is not None:
+        if queued is None:
+            # Not queued now, or queued by an attempt whose commit's answer was lost (the
+            # retry finds the message answered): the outbox reads the table to be sure.
+            handle.outbox_fresh = None
+        elif handle.outbox_fresh is not None:
             handle.outbox_fresh.append(queued)  # the outbox need not read it back
         handle.outbox_wake.set()
 

@@ -90,7 +90,11 @@ class AgentSupervisor:
         self.webhooks = WebhookDispatcher(db, config, metrics)  # runs with the agents nursery
         #: Commits every received message (and its webhook) before its callback returns.
         self.inbound = InboundWriter(
-            db, self._stored, outbox=self._webhook_of, on_outbox=self.webhooks.wake
+            db,
+            self._stored,
+            outbox=self._webhook_of,
+            on_outbox=self.webhooks.wake,
+            take_first_attempt=self._take_first_attempt,
         )
         #: Records the forwarder's outcomes, many per transaction.
         self.outcomes = GroupCommit[tuple[int, str], None](
@@ -368,6 +372,18 @@ class AgentSupervisor:
         return told
 
     # ------------------------------------------------------------------ commands
+
+    def _take_first_attempt(self, agent_uuid: uuid.UUID) -> bool:
+        """Whether a message about to be stored for this agent is stored with its first
+        forwarding attempt counted: only when its forwarder waits with nothing queued, so
+        that the message goes straight to it (one message at a time: the next waits for the
+        forwarder to be idle again). A restart then finds the count right: messages queued
+        behind a busy forwarder were not counted; the one it was forwarding was."""
+        handle = self._by_uuid.get(agent_uuid)
+        if handle is None or handle.inbound is None or not handle.forwarder_idle:
+            return False
+        handle.forwarder_idle = False
+        return True
 
     def _stored(self, agent_uuid: uuid.UUID, stored: StoredInbound) -> None:
         """The inbound writer committed a message: count it, publish it, hand it over."""

@@ -41,10 +41,13 @@ class GroupCommit(Generic[T, R]):
         self._write = write
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[_Waiting[T, R]](math.inf)
+        #: Items submitted so far.
+        self.submitted = 0
 
     async def submit(self, item: T) -> R:
         """Returns ``item``'s result once it is committed."""
         waiting = _Waiting[T, R](item)
+        self.submitted += 1
         self._send.send_nowait(waiting)
         await waiting.done.wait()
         if waiting.error is not None:

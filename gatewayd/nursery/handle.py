@@ -63,6 +63,9 @@ class AgentHandle:
     #: Rows just queued, handed to the outbox in memory while it has read everything queued
     #: before them (None otherwise: it reads the table). gatewayd/nursery/sending.py.
     outbox_fresh: deque[outbound_store.OutboundRow] | None = None
+    #: The forwarder waits for a message with none queued (see
+    #: ``AgentSupervisor._take_first_attempt``).
+    forwarder_idle: bool = False
     #: Where the inbound writer hands this agent's newly stored messages (the running tree's
     #: forwarder); None between trees — those rows are picked up by the next tree's scan.
     inbound: trio.MemorySendChannel[StoredInbound] | None = None

@@ -99,9 +99,13 @@ class InboundWriter:
         max_batch: int = 1000,
         outbox: Outbox | None = None,
         on_outbox: Callable[[], None] | None = None,
+        take_first_attempt: Callable[[uuid.UUID], bool] | None = None,
     ) -> None:
         self._db = db
         self._deliver = deliver
+        #: Whether a message of this agent is to be stored with its first forwarding attempt
+        #: counted (gatewayd/nursery/agents.py says when).
+        self._take_first_attempt = take_first_attempt
         #: What a message gives the webhook outbox, and whom to tell once that is committed.
         self._outbox = outbox
         self._on_outbox = on_outbox
@@ -172,8 +176,11 @@ class InboundWriter:
                     await self._quarantine(pending, exc)
                     continue
                 webhook = self._webhook(pending.agent_uuid, message)
+                first = self._take_first_attempt is not None and self._take_first_attempt(
+                    pending.agent_uuid
+                )
                 pending.item = NewInbound(
-                    pending.agent_uuid, message, escaped, pending.trace_id, webhook
+                    pending.agent_uuid, message, escaped, pending.trace_id, webhook, first
                 )
             ready.append(pending)
         if not ready:
@@ -209,7 +216,9 @@ class InboundWriter:
             if row_id is not None:
                 self.committed += 1
                 try:
-                    self._deliver(item.agent_uuid, StoredInbound(row_id, item.message))
+                    attempts = 1 if item.first_attempt else None
+                    stored = StoredInbound(row_id, item.message, attempts=attempts)
+                    self._deliver(item.agent_uuid, stored)
                 except Exception:
                     # Stored: the agent's next tree reads it back from the table.
                     log.exception("gatewayd.inbound.deliver_failed", rowId=row_id)

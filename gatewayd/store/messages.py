@@ -29,6 +29,9 @@ class StoredInbound:
     row_id: int
     message: InboundMessage
     trace_id: str | None = None
+    #: Forwarding attempts counted so far, when stored with its first one already counted
+    #: (``NewInbound.first_attempt``); None: the forwarder counts it (``begin_attempts``).
+    attempts: int | None = None
 
 
 def _type_of(message: InboundMessage) -> str:
@@ -46,6 +49,9 @@ class NewInbound:
     trace_id: str | None = None
     #: Its webhook delivery, written in the same transaction (sql/008_webhooks).
     webhook: NewDelivery | None = None
+    #: Stored with its first forwarding attempt counted: it goes right after the commit to
+    #: an idle forwarder, which then need not count it in a transaction of its own.
+    first_attempt: bool = False
 
 
 # Timestamps WhatsApp (or a broken client) sends may be anything; PostgreSQL's range is
@@ -62,10 +68,10 @@ def _received_at(timestamp_ms: int) -> datetime:
 _INBOUND_COLUMNS = (
     "INSERT INTO messages (agent_id, direction, type, chat_jid, chat_lid, sender_jid, sender_lid,"
     " is_group, push_name, text, quoted_id, media, wa_message_id, status, trace_id, received_at,"
-    " payload, mentioned_jids) VALUES "
+    " payload, mentioned_jids, attempts) VALUES "
 )
 _INBOUND_ROW = (
-    "(%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s)"
+    "(%s, 'inbound', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'received', %s, %s, %s, %s, %s)"
 )
 _INBOUND_CONFLICT = (
     " ON CONFLICT (agent_id, direction, wa_message_id) DO NOTHING"
@@ -102,7 +108,7 @@ def _inbound_params(item: NewInbound) -> tuple[object, ...]:
         message.quoted_id, Jsonb(_media_column(payload["media"])) if message.media else None,
         message.id,
         item.trace_id, _received_at(message.timestamp_ms), Jsonb(payload),
-        list(message.mentioned_jids),
+        list(message.mentioned_jids), 1 if item.first_attempt else 0,
     )  # fmt: skip
 
 
