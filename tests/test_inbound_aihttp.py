@@ -303,3 +303,115 @@ async def test_https_is_verified_and_kept_alive(nursery: trio.Nursery, tmp_path:
     assert [key for _, key in server.requests] == ["m0", "m1", "m2"]
     assert server.connections == 2  # the refused handshake, then one kept alive
     await trusting.aclose()
+
+
+async def test_stray_bytes_after_an_answer_over_tls_never_answer_the_next_call(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A backend that sends more than its answer (here a whole second answer, in its own TLS
+    record of the same TCP write) has its connection closed: TLS holds those bytes back from
+    the socket, and reusing it would hand them to the next call as its answer."""
+    key, cert = _certificate(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    stray = json.dumps({"reply": "stray"}).encode()
+
+    async def chatty(server: Server, stream: trio.abc.Stream, number: int) -> None:
+        assert isinstance(stream, trio.SSLStream)
+        raw = stream.transport_stream
+        assert isinstance(raw, trio.SocketStream)
+        buffer = bytearray()
+        while await server.request(stream, number, buffer):
+            raw.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_CORK, 1)
+            await stream.send_all(answer(REPLY))
+            await stream.send_all(answer(stray))
+            raw.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_CORK, 0)
+
+    server = await start(nursery, chatty, tls=served)
+    trusting = AiConnections(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    replies = [await call(trusting, server.url, f"m{n}") for n in range(3)]
+    await trusting.aclose()
+    assert replies == ["hi", "hi", "hi"]
+    assert server.connections == 3
+
+
+async def test_a_request_without_a_key_is_not_sent_twice(
+    nursery: trio.Nursery, connections: AiConnections
+) -> None:
+    """A reused connection that ends without an answer fails a call without an
+    Idempotency-Key at once: the backend may have handled it, and could not tell a repeat."""
+
+    async def drops_the_second(server: Server, stream: trio.abc.Stream, number: int) -> None:
+        buffer = bytearray()
+        while await server.request(stream, number, buffer):
+            if len(server.requests) == 2:
+                return
+            await stream.send_all(answer(REPLY))
+
+    server = await start(nursery, drops_the_second)
+    url = server.url
+    assert (await connections.post(url, {}, b"{}", cap=1000))[0] == 200
+    with pytest.raises(BadGateway, match="RemoteProtocolError"):
+        await connections.post(url, {}, b"{}", cap=1000)
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("a status code in other digits", b"HTTP/1.1 \xb200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+        ("a negative chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n"),
+        ("a chunk size in 0x", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n"),
+        ("a signed Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}"),
+    ],
+)
+async def test_malformed_answers_are_bad_gateway_at_once(
+    nursery: trio.Nursery, connections: AiConnections, name: str, raw: bytes
+) -> None:
+    """Numbers a lenient parser would take (Unicode digits, signs, 0x, negatives) are refused
+    as not HTTP, at once, never a crash or a wait for bytes that will not come."""
+
+    async def malformed(server: Server, stream: trio.abc.Stream, number: int) -> None:
+        if await server.request(stream, number, bytearray()):
+            await stream.send_all(raw)
+            await trio.sleep_forever()
+
+    server = await start(nursery, malformed)
+    with trio.fail_after(5), pytest.raises(BadGateway, match="RemoteProtocolError"):
+        await connections.post(server.url, {}, b"{}", cap=1000)
+
+
+async def test_a_chunk_larger_than_the_cap_is_not_read_past_it(
+    nursery: trio.Nursery, connections: AiConnections
+) -> None:
+    """A chunk that claims 50 MiB with a 1 KiB cap: the call returns truncated once it has
+    the cap, without waiting for (or buffering) the rest, and the connection is not kept."""
+
+    async def huge_chunk(server: Server, stream: trio.abc.Stream, number: int) -> None:
+        if await server.request(stream, number, bytearray()):
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            await stream.send_all(head + b"%x\r\n" % (50 * 2**20) + b"x" * 4096)
+            await trio.sleep_forever()  # the other 50 MiB never come
+
+    server = await start(nursery, huge_chunk)
+    with trio.fail_after(5):
+        status, body, truncated = await connections.post(server.url, {}, b"{}", cap=1024)
+    assert (status, body, truncated) == (200, b"x" * 1024, True)
+
+
+async def test_transfer_encoding_with_a_length_is_read_chunked_and_not_kept(
+    nursery: trio.Nursery, connections: AiConnections
+) -> None:
+    """Transfer-Encoding and Content-Length together (a smuggling shape): the body is read
+    as chunked, and the connection is not used again."""
+
+    async def both(server: Server, stream: trio.abc.Stream, number: int) -> None:
+        buffer = bytearray()
+        while await server.request(stream, number, buffer):
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(REPLY), REPLY)
+            await stream.send_all(answer(body, "Transfer-Encoding: chunked", "Content-Length: 3"))
+
+    server = await start(nursery, both)
+    assert await call(connections, server.url, "m0") == "hi"
+    assert await call(connections, server.url, "m1") == "hi"
+    assert server.connections == 2

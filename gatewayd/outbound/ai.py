@@ -84,7 +84,7 @@ async def call_ai(
     try:
         with trio.fail_after(timeout):
             status, raw, truncated = await connections.post(
-                url, headers, content, cap=MAX_ANSWER_BYTES
+                url, headers, content, cap=MAX_ANSWER_BYTES, retry=idempotency_key is not None
             )
     except trio.TooSlowError:
         log.warning("gatewayd.ai.failed", host=host, reason="timeout", timeout=timeout)

@@ -16,8 +16,10 @@ environment), read the answer up to a cap, and keep the connection for the next 
 same origin. Idle connections are taken last in, first out; one idle for longer than
 ``KEEPALIVE`` seconds, or that the server has closed meanwhile, is dropped. A reused
 connection that the server closed just as the request went out (no byte of an answer) is
-replaced once by a fresh one: the AI request carries an ``Idempotency-Key``. No proxies, no
-cookies, no redirects followed (a 3xx is an answer like any other), no compression asked for.
+replaced once by a fresh one when the request carries an ``Idempotency-Key`` (the
+forwarder's do; without one a repeat could not be recognised, and the call fails). No
+proxies, no cookies, no redirects followed (a 3xx is an answer like any other), no
+compression asked for.
 
 Failures are the project's errors, in the shared client's words (``gatewayd.outbound``):
 BadGateway naming the host, never the URL or a header. The deadline is the caller's
@@ -37,6 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 import httpx
+import idna
 import structlog
 import trio
 
@@ -60,6 +63,9 @@ _WHAT = "the AI backend"
 _RECEIVE = 65536
 # Header values we send: visible ASCII, spaces and tabs (no CR/LF: nothing can be injected).
 _VALUE = re.compile(r"[\t\x20-\x7e]*")
+# A status code, a Content-Length, a chunk size: ASCII only (str.isdigit takes "²" too).
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 # What RFC 3986 allows in a path and a query, besides percent-escapes.
 _SAFE = "/%:@!$&'()*+,;=-._~"
 
@@ -99,9 +105,10 @@ def _parse(url: str) -> _Target:
         host = parts.hostname
         if not host:
             raise _InvalidUrl("InvalidURL")
-        host = host.encode("idna").decode("ascii")
+        if not host.isascii():  # IDNA 2008 with UTS 46, as httpx encodes it
+            host = idna.encode(host, uts46=True).decode("ascii")
         port = parts.port or (443 if scheme == "https" else 80)
-    except (ValueError, UnicodeError) as exc:
+    except (ValueError, UnicodeError, idna.IDNAError) as exc:
         if isinstance(exc, _InvalidUrl):
             raise
         raise _InvalidUrl("InvalidURL") from None
@@ -186,7 +193,7 @@ async def _head(conn: _Connection) -> tuple[int, str, dict[str, str]]:
     del conn.buffer[: end + 4]
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit():
+    if not version.startswith("HTTP/1.") or _DIGITS.fullmatch(code) is None:
         raise _Protocol("not an HTTP/1 status line")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -203,19 +210,21 @@ async def _chunked(conn: _Connection, cap: int) -> tuple[bytes, bool]:
     left unread (the connection is then closed)."""
     body = bytearray()
     while True:
-        try:
-            size = int(bytes((await conn.line()).split(b";")[0]).strip(), 16)
-        except ValueError:
-            raise _Protocol("a bad chunk size") from None
+        digits = (await conn.line()).split(b";")[0].strip()
+        if _HEX.fullmatch(digits) is None:
+            raise _Protocol("a bad chunk size")
+        size = int(digits, 16)
         if size == 0:
             while await conn.line():  # trailers, until the empty line
                 pass
             return bytes(body), False
+        room = cap - len(body)
+        if size > room:  # over the cap: read no more than it (a chunk may claim anything)
+            body += await conn.exactly(room)
+            return bytes(body), True
         body += await conn.exactly(size)
         if await conn.line():
             raise _Protocol("a chunk without its CRLF")
-        if len(body) > cap:
-            return bytes(body[:cap]), True
 
 
 async def _answer(conn: _Connection, cap: int) -> _Answer:
@@ -226,17 +235,19 @@ async def _answer(conn: _Connection, cap: int) -> _Answer:
     keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
     if status in (204, 304):
         return _Answer(status, b"", False, keep)
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body, truncated = await _chunked(conn, cap)
-        return _Answer(status, body, truncated, keep and not truncated)
+    coding = headers.get("transfer-encoding")
     length = headers.get("content-length")
+    if coding is not None:
+        # RFC 9112 §6.1, §6.3: chunked last is read as chunked (with a Content-Length too,
+        # the connection is not trusted again); any other coding runs to the end.
+        if coding.lower().rsplit(",", 1)[-1].strip() == "chunked":
+            body, truncated = await _chunked(conn, cap)
+            return _Answer(status, body, truncated, keep and not truncated and length is None)
+        length, keep = None, False
     if length is not None:
-        try:
-            size = int(length)
-        except ValueError:
-            raise _Protocol("a bad Content-Length") from None
-        if size < 0:
+        if _DIGITS.fullmatch(length) is None:
             raise _Protocol("a bad Content-Length")
+        size = int(length)
         body = await conn.exactly(min(size, cap))
         return _Answer(status, body, size > cap, keep and size <= cap)
     # Neither: the body runs to the end of the connection.
@@ -260,6 +271,18 @@ def _request(target: _Target, headers: Mapping[str, str], body: bytes) -> bytes:
             raise _Protocol("LocalProtocolError")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+def _pending(stream: trio.abc.Stream) -> bool:
+    """Bytes received after the answer that TLS holds back from the socket: trio's incoming
+    buffer or OpenSSL's next record (a plain socket shows them as readable instead). A
+    connection with any is never used again: they would be read as the next call's answer."""
+    if not isinstance(stream, trio.SSLStream):
+        return False
+    try:
+        return bool(stream._incoming.pending or stream._ssl_object.pending())
+    except AttributeError:  # another trio: trust no TLS connection with leftovers unknown
+        return True
 
 
 def _failed(host: str, reason: str) -> BadGateway:
@@ -299,11 +322,14 @@ class AiConnections:
         weakref.finalize(self, _close_sockets, self._sockets)
 
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, *, cap: int
+        self, url: str, headers: Mapping[str, str], body: bytes, *, cap: int, retry: bool = False
     ) -> tuple[int, bytes, bool]:
         """POST ``body`` to ``url``: the answer's status, its body up to ``cap`` bytes, and
         whether there was more. BadGateway when the URL is unusable, the backend cannot be
-        reached, or its answer is not HTTP."""
+        reached, or its answer is not HTTP. ``retry``: the request may go again on a fresh
+        connection when a reused one ends without a byte of an answer — only for a request
+        the backend can recognise as a repeat (an ``Idempotency-Key``): the server may have
+        handled it before the connection ended."""
         try:
             target = _parse(url)
         except _InvalidUrl as exc:
@@ -319,7 +345,9 @@ class AiConnections:
                 try:
                     return await self._exchange(conn, target, request, cap)
                 except _Retry:
-                    pass  # the server closed it while it was idle: a fresh one
+                    if not retry:
+                        raise _failed(host, "RemoteProtocolError") from None
+                    # The server closed it (while idle, most likely): once on a fresh one.
             conn = await self._connect(target.origin)
             try:
                 return await self._exchange(conn, target, request, cap)
@@ -347,7 +375,7 @@ class AiConnections:
         except BaseException:
             self._close(conn)
             raise
-        if answer.reusable and not conn.buffer:
+        if answer.reusable and not conn.buffer and not _pending(conn.stream):
             self._put(target.origin, conn)
         else:
             self._close(conn)
@@ -358,18 +386,25 @@ class AiConnections:
         now = trio.current_time()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since > KEEPALIVE or conn.sock.is_readable():
-                self._close(conn)  # expired, or the server closed it (EOF is readable)
+            if (
+                now - conn.idle_since > KEEPALIVE
+                or conn.sock.is_readable()
+                or _pending(conn.stream)
+            ):
+                self._close(conn)  # expired, the server closed it (EOF is readable), or stray bytes
                 continue
             return conn
         return None
 
     def _put(self, origin: _Origin, conn: _Connection) -> None:
         now = conn.idle_since = trio.current_time()
-        idle = self._idle.setdefault(origin, deque())
-        idle.append(conn)
-        while idle and (len(idle) > MAX_IDLE or now - idle[0].idle_since > KEEPALIVE):
-            self._close(idle.popleft())
+        self._idle.setdefault(origin, deque()).append(conn)
+        # Expired ones of every origin go (one no longer called would keep them otherwise).
+        for key, idle in list(self._idle.items()):
+            while idle and (len(idle) > MAX_IDLE or now - idle[0].idle_since > KEEPALIVE):
+                self._close(idle.popleft())
+            if not idle:
+                del self._idle[key]
 
     async def _connect(self, origin: _Origin) -> _Connection:
         try:
