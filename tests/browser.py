@@ -134,12 +134,7 @@ class SimDaemon:
             yield daemon
         finally:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process)
             if daemon is not None:
                 daemon.sim.close()
                 daemon._reader.join(timeout=5)
@@ -193,3 +188,15 @@ def launch_chromium(playwright: Any, *extra_args: str) -> Any:
     return playwright.chromium.launch(
         executable_path=chromium_path(), headless=True, args=[*CHROMIUM_ARGS, *extra_args]
     )
+
+
+def stop_process(
+    process: subprocess.Popen[Any], signum: signal.Signals = signal.SIGTERM, timeout: float = 20
+) -> None:
+    """Ask ``process`` to stop with ``signum``; kill it if it has not within ``timeout`` s."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

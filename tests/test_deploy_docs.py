@@ -59,7 +59,7 @@ from trio_websocket import open_websocket_url
 from gatewayd.config import LEGACY_ENV, Config
 from gatewayd.store.embedded import EmbeddedPostgres, find_postgres_bin
 from gatewayd.store.embedded_os import RunAs, choose_run_as, grant_traverse
-from tests.browser import ROOT, SimDaemon, write_sim_config
+from tests.browser import ROOT, SimDaemon, stop_process, write_sim_config
 from tests.test_api_v1 import basic
 from tests.test_deploy import read_env_file
 
@@ -302,12 +302,7 @@ def test_nginx_server_block(
         wait_listening(port, process, log)
         check_the_proxy(proxied, f"https://127.0.0.1:{port}", "127.0.0.2", context)
     finally:
-        process.send_signal(signal.SIGQUIT)  # graceful: workers finish, then the master
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGQUIT)  # graceful: workers finish, then the master
     assert "[emerg]" not in log.read_text() and "[alert]" not in log.read_text()
 
 
@@ -360,12 +355,7 @@ def test_caddyfile(proxied: SimDaemon, tmp_path: Path) -> None:
         wait_listening(port, process, log)
         check_the_proxy(proxied, f"http://127.0.0.1:{port}", "127.0.0.3")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def test_proxy_timeout_outlives_the_pings() -> None:
