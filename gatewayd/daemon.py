@@ -245,7 +245,7 @@ def _assemble(
     def settings() -> Config:
         return holder[0].config
 
-    ai = AiCaller(db=db, http=http, metrics=metrics, settings=settings)
+    ai = AiCaller(db=db, metrics=metrics, settings=settings)
     bus = EventBus(config.agents.bus_buffer)
     agents = AgentSupervisor(
         db=db, backend=backend, metrics=metrics, bus=bus, config=settings, forward=Forwarder(ai)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
 from gatewayd.config import Config
@@ -36,8 +35,6 @@ class AiCaller:
     metrics: Metrics
     settings: Callable[[], Config]
     connections: AiConnections = attrs.field(factory=AiConnections, repr=False)
-    #: The shared client, no longer used for AI calls (the daemon still hands it over).
-    http: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
         await self.connections.aclose()
