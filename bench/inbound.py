@@ -43,8 +43,9 @@ after its commit), and at the end the bench checks that each one is stored, reco
 ``ai_executions`` and answered by a sent reply. All clocks are CLOCK_MONOTONIC
 (``time.perf_counter``), shared by both processes. The log goes to /dev/null at
 ``--log-level`` (the daemon's default, ``info``, unless told): what the daemon logs per
-message is part of its cost. The machine's load average is printed with the figures: on a
-shared machine they move with it.
+message is part of its cost. The machine's load average is printed with the figures, and the
+share of CPU time the hypervisor took away while each phase ran (steal): on a shared machine
+they move with both.
 """
 
 from __future__ import annotations
@@ -280,6 +281,12 @@ def process_tree_cpu(root: int) -> float:
     return total
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far (/proc/stat): (all ticks, ticks stolen by the host)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[7]  # user .. steal; guest time is counted in user
+
+
 def quantiles(values: Sequence[float]) -> tuple[float, float, float]:
     """p50, p99 and max of ``values`` (nearest rank), in milliseconds."""
     ordered = sorted(values)
@@ -305,6 +312,8 @@ class Phase:
     transactions: int
     #: The machine's 1-minute load average when it began.
     load: float
+    #: The share of the machine's CPU time the hypervisor took away (steal) while it ran.
+    steal: float
     #: Its messages' ids and injection times (perf_counter).
     injected: dict[str, float]
     handed_to_request: list[float] = attrs.Factory(list)
@@ -408,15 +417,17 @@ async def _latency(
             batches, cpu, pg_cpu = sup.inbound.batches, time.process_time(), 0.0
             if postgres_pid is not None:
                 pg_cpu = process_tree_cpu(postgres_pid)
-            begin = time.perf_counter()
+            begin, ticks = time.perf_counter(), cpu_ticks()
             injected = await inject(rate, count)
             await settle(injected)
             elapsed = time.perf_counter() - begin
+            total, stolen = (now - then for now, then in zip(cpu_ticks(), ticks, strict=True))
+            steal = stolen / max(total, 1)
             cpu = time.process_time() - cpu
             if postgres_pid is not None:
                 pg_cpu = process_tree_cpu(postgres_pid) - pg_cpu
             transactions = sup.inbound.batches - batches
-            return Phase(rate, count, elapsed, cpu, pg_cpu, transactions, load, injected)
+            return Phase(rate, count, elapsed, cpu, pg_cpu, transactions, load, steal, injected)
 
         await settle(await inject(args.rate, int(args.warmup * args.rate)))
         baseline = await phase(args.baseline_rate, args.baseline_seconds)
@@ -484,7 +495,8 @@ def print_latency(result: LatencyResult, args: argparse.Namespace) -> None:
         print(
             f"{what}: {one.rate:g}/s for {one.messages / one.rate:g} s, {one.messages:,} messages"
             f" in {one.seconds:.1f} s (inject → last reply sent),"
-            f" {one.messages / max(one.transactions, 1):.1f} msg/inbound transaction;"
+            f" {one.messages / max(one.transactions, 1):.1f} msg/inbound transaction,"
+            f" CPU steal {one.steal:.0%};"
             f" not replied {one.not_replied}, not handled within 300 s {one.not_handled}"
         )
         for label, name in rows:

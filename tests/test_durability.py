@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 import attrs
 import psycopg
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio.testing
 
@@ -395,6 +397,134 @@ async def test_a_reply_waits_for_the_connection_and_is_sent_once_it_is_back(
     assert texts == ["re: question"]
     stored = await rows(world.db, "SELECT direction, status, outcome FROM messages ORDER BY id")
     assert stored == [("inbound", "answered", "replied"), ("outbound", "sent", None)]
+
+
+async def test_a_reply_to_an_idle_outbox_is_written_sending_once(world: World) -> None:  # noqa: F811
+    """With nothing else to send, a reply is written ``sending`` together with its message's
+    answer and goes out without a second write before WhatsApp has it."""
+
+    async def forward(handle: AgentHandle, stored: StoredInbound) -> Outgoing:
+        return Outgoing(to=stored.message.chat, text=f"re: {stored.message.text}")
+
+    await world.start_supervisor(forward=forward)
+    await world.paired_agent("bot-a", "628123450001")
+    before = outbound_store.round_statistics(world.db).changes
+    with world.bus.subscribe("bot-a") as events:
+        world.sim.inject_text("bot-a", CUSTOMER, "question")
+        handled = await wait_for(events, lambda e: e.kind == "handled")
+    assert handled.data["outcome"] == "replied"
+    assert outbound_store.round_statistics(world.db).changes - before == 1  # "sent" only
+    stored = await rows(world.db, "SELECT direction, status, outcome FROM messages ORDER BY id")
+    assert stored == [("inbound", "answered", "replied"), ("outbound", "sent", None)]
+
+
+class RowLock:
+    """A row of ``messages`` locked by another session (its transaction left open), so that
+    the writes waiting for it can be held at a chosen moment."""
+
+    def __init__(self, dsn: str) -> None:
+        self._conn = psycopg.connect(dsn)
+
+    async def take(self, row_id: int) -> None:
+        def lock() -> None:
+            self._conn.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (row_id,))
+
+        await trio.to_thread.run_sync(lock)
+
+    async def release(self) -> None:
+        await trio.to_thread.run_sync(self._conn.rollback)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+async def lock_waits(db: Database) -> int:
+    [(waiting,)] = await rows(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database()",
+    )
+    return int(waiting)
+
+
+async def hold_the_reply(world: World) -> tuple[RowLock, trio.Event]:  # noqa: F811
+    """An agent whose forwarder answers every message at once, its reply's write held by a
+    lock on the message's row; set the event to let the reply be written."""
+    lock = RowLock(world.db.dsn)
+    answered = trio.Event()
+
+    async def forward(handle: AgentHandle, stored: StoredInbound) -> Outgoing:
+        await lock.take(stored.row_id)
+        answered.set()
+        return Outgoing(to=stored.message.chat, text=f"re: {stored.message.text}")
+
+    await world.start_supervisor(forward=forward)
+    return lock, answered
+
+
+async def test_a_reply_written_sending_for_a_connection_that_broke_is_queued_again(
+    world: World,  # noqa: F811
+) -> None:
+    """The connection breaks while a reply is being written ``sending`` for the idle outbox:
+    WhatsApp never had it, so it is queued again and goes out, once, after the connection
+    is back."""
+    lock, answered = await hold_the_reply(world)
+    try:
+        agent = await world.paired_agent("bot-a", "628123450001")
+        with world.bus.subscribe("bot-a") as events, structlog.testing.capture_logs() as logs:
+            world.sim.inject_text("bot-a", CUSTOMER, "question")
+            await answered.wait()
+            while not await lock_waits(world.db):  # the reply's write waits for the lock
+                await trio.sleep(0.01)
+            world.sim.drop("bot-a", back_after=2.0)
+            await wait_for(
+                events, lambda e: e.kind == "status" and e.data["status"] == "disconnected"
+            )
+            await lock.release()
+            handled = await wait_for(events, lambda e: e.kind == "handled")
+            assert agent.connected  # sent once the connection was back
+    finally:
+        lock.close()
+    assert handled.data["outcome"] == "replied"
+    assert [e["rows"] for e in logs if e["event"] == "gatewayd.send.requeued"] == [1]
+    texts = [r.text for r in world.sim.sent("bot-a") if r.kind == "text"]
+    assert texts == ["re: question"]
+    stored = await rows(world.db, "SELECT direction, status, outcome FROM messages ORDER BY id")
+    assert stored == [("inbound", "answered", "replied"), ("outbound", "sent", None)]
+
+
+async def test_a_reply_written_sending_while_its_agent_stops_is_sent_by_the_next_start(
+    world: World,  # noqa: F811
+) -> None:
+    """The agent is stopped while a reply is being written ``sending`` for its outbox: the
+    write completes, the stopping tree queues the reply again, and the agent's next start
+    sends it, once."""
+    lock, answered = await hold_the_reply(world)
+    assert world.sup is not None
+    try:
+        agent = await world.paired_agent("bot-a", "628123450001")
+        with structlog.testing.capture_logs() as logs:
+            world.sim.inject_text("bot-a", CUSTOMER, "question")
+            await answered.wait()
+            while not await lock_waits(world.db):
+                await trio.sleep(0.01)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(world.sup.stop, "bot-a")
+                while not agent.cancel_scope.cancel_called:
+                    await trio.sleep(0.01)
+                await lock.release()
+    finally:
+        lock.close()
+    assert [e["rows"] for e in logs if e["event"] == "gatewayd.send.requeued"] == [1]
+    assert await rows(world.db, "SELECT status FROM messages WHERE direction = 'outbound'") == [
+        ("queued",)
+    ]
+    with world.bus.subscribe("bot-a") as events:
+        await world.sup.start("bot-a")
+        handled = await wait_for(events, lambda e: e.kind == "handled")
+    assert handled.data["outcome"] == "replied"
+    texts = [r.text for r in world.sim.sent("bot-a") if r.kind == "text"]
+    assert texts == ["re: question"]
 
 
 async def test_a_reply_older_than_the_max_age_is_expired_not_sent(world: World) -> None:  # noqa: F811

@@ -236,6 +236,7 @@ class PausableProxy:
         self.target_port = target_port
         self.flowing = trio.Event()
         self.flowing.set()
+        self._relays: set[trio.CancelScope] = set()
 
     async def serve(self, nursery: trio.Nursery) -> int:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -253,8 +254,16 @@ class PausableProxy:
             await client.aclose()
             return
         async with client, upstream, trio.open_nursery() as nursery:
+            self._relays.add(nursery.cancel_scope)
             nursery.start_soon(self._pipe, client, upstream, nursery.cancel_scope)
             nursery.start_soon(self._pipe, upstream, client, nursery.cancel_scope)
+        self._relays.discard(nursery.cancel_scope)
+
+    def cut(self) -> None:
+        """Close every relayed connection, dropping what it holds (held bytes never arrive:
+        a statement the server never got is not executed)."""
+        for scope in self._relays:
+            scope.cancel()
 
     async def _pipe(
         self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
@@ -328,6 +337,7 @@ async def test_unacknowledged_message_is_redelivered_after_kill_9(
         in_flight = r.json()["data"]["id"]
         daemon.kill()
         await daemon.wait()
+        proxy.cut()  # the held insert never reaches the server (it would commit on its own)
         proxy.flowing.set()
         assert await rows(pg_dsn, in_flight) == 0
 

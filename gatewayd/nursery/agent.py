@@ -326,6 +326,7 @@ class AgentTree(Sending):
                 await self._take(stored, twice, taken)
         finally:
             handle.forwarder_idle = False
+            await self._requeue_direct_at_exit()
 
     async def _take(self, stored: StoredInbound, twice: set[int], taken: set[int]) -> None:
         """Forward ``stored`` unless it is the second copy of a row read back at the start."""
@@ -369,20 +370,47 @@ class AgentTree(Sending):
             self._publish_handled(row, stored.message.id, decision)
             return
         answer = decision if isinstance(decision, Answer) else Answer(decision)
-        queued = await wait_for_database(
-            db,
-            lambda: outbound_store.queue_reply(
-                db, handle.id, row, answer.reply, trace_id=stored.trace_id,
-                reply_to_wa_id=stored.message.id, execution=answer.execution,
-            ),
-        )  # fmt: skip
+        direct = self._claim_outbox()
+
+        async def queue() -> outbound_store.OutboundRow | None:
+            # Shielded when written "sending": the row must reach handle.direct (cancelled
+            # meanwhile, its answer would be lost and the row never sent nor queued again).
+            with trio.CancelScope(shield=direct):
+                written = await outbound_store.queue_reply(
+                    db, handle.id, row, answer.reply, trace_id=stored.trace_id,
+                    reply_to_wa_id=stored.message.id, execution=answer.execution,
+                    sending=direct,
+                )  # fmt: skip
+            return written
+
+        queued = await wait_for_database(db, queue)
         if queued is None:
             # Not queued now, or queued by an attempt whose commit's answer was lost (the
-            # retry finds the message answered): the outbox reads the table to be sure.
+            # retry finds the message answered): the outbox reads the table to be sure, and
+            # such a reply written "sending" for it is queued instead.
+            if direct:
+                handle.bucket.put_back()
+                await wait_for_database(db, lambda: outbound_store.requeue(db, reply_to=row))
             handle.outbox_fresh = None
+        elif direct:
+            handle.direct[queued.row_id] = queued
         elif handle.outbox_fresh is not None:
             handle.outbox_fresh.append(queued)  # the outbox need not read it back
         handle.outbox_wake.set()
+
+    def _claim_outbox(self) -> bool:
+        """Whether the reply about to be queued goes to the outbox directly, written
+        ``sending``: the outbox waits with nothing left to send, the agent is connected, and
+        its bucket has a token for it now (taken here)."""
+        handle = self.handle
+        if not (handle.outbox_idle and handle.connected):
+            return False
+        try:
+            handle.bucket.take_nowait()
+        except trio.WouldBlock:
+            return False
+        handle.outbox_idle = False  # the replies after this one queue behind it
+        return True
 
     async def _quarantine(self, stored: StoredInbound, reason: str) -> None:
         db = self.sup.db

@@ -63,6 +63,13 @@ class AgentHandle:
     #: Rows just queued, handed to the outbox in memory while it has read everything queued
     #: before them (None otherwise: it reads the table). gatewayd/nursery/sending.py.
     outbox_fresh: deque[outbound_store.OutboundRow] | None = None
+    #: The outbox waits for more with everything queued sent: the next reply may be written
+    #: ``sending`` and handed to it directly (gatewayd/nursery/agent.py ``_forward_one``).
+    outbox_idle: bool = False
+    #: Replies written ``sending`` for the outbox that WhatsApp has not been handed yet,
+    #: oldest first. The outbox sends them before anything else; whatever a tree leaves
+    #: here is queued again (by it, or by the next tree's outbox).
+    direct: dict[int, outbound_store.OutboundRow] = attrs.field(factory=dict)
     #: The forwarder waits for a message with none queued (see
     #: ``AgentSupervisor._take_first_attempt``).
     forwarder_idle: bool = False

@@ -88,14 +88,25 @@ class Sending:
         row queued by someone who does not hand it over) sets it to None, and the table is
         read again. Rows of one agent are queued one after another (its forwarder), so a
         row handed over that the last read also found has an id no newer than that read's.
+
+        While it waits with nothing left (``handle.outbox_idle``), the forwarder may write
+        the next reply ``sending`` instead of ``queued`` and put it in ``handle.direct``:
+        the outbox sends those first, without writing ``sending`` again (one commit less
+        between the AI's answer and WhatsApp). The table never shows them as queued, so
+        whatever is left there when the outbox stops, or cannot send them now, is queued
+        again (at the latest by the next tree's outbox, before it reads the table).
         """
         handle, db = self.handle, self.sup.db
         handle.outbox_fresh = None
-        newest = 0  # the newest row id taken so far
+        newest = 0  # the newest row id taken from the table or handed over so far
         try:
+            await self._requeue_direct()  # what an earlier tree could not
             while True:
-                await handle.online.wait()
+                if not handle.connected:
+                    await self._requeue_direct()  # not to stay "sending" while offline
+                    await handle.online.wait()
                 wake = handle.outbox_wake = trio.Event()  # before reading: no wake-up is missed
+                direct = list(handle.direct.values())
                 fresh: deque[outbound_store.OutboundRow] | None = handle.outbox_fresh
                 if fresh is not None:
                     rows = [row for row in fresh if row.row_id > newest]
@@ -107,21 +118,51 @@ class Sending:
                     )
                     if len(rows) == OUTBOX_BATCH:
                         handle.outbox_fresh = None  # more in the table than read
-                if not rows:
-                    await wake.wait()
+                if not direct and not rows:
+                    handle.outbox_idle = handle.outbox_fresh is not None
+                    try:
+                        await wake.wait()
+                    finally:
+                        handle.outbox_idle = False
                     continue
-                for row in rows:
-                    newest = max(newest, row.row_id)
+                newest = max([newest, *(row.row_id for row in rows)])
+                for row in [*direct, *rows]:
                     # Stop at the first row that is not settled: replies keep their order.
                     if not handle.connected or not await self._send_queued(row):
                         handle.outbox_fresh = None
+                        await self._requeue_direct()
                         break
         finally:
+            handle.outbox_idle = False
             handle.outbox_fresh = None
+            await self._requeue_direct_at_exit()
+
+    async def _requeue_direct(self) -> None:
+        """Queue again the rows written ``sending`` for the outbox that it did not send (the
+        outbox then reads the table)."""
+        handle, db = self.handle, self.sup.db
+        if handle.direct:
+            rows = list(handle.direct)
+            await wait_for_database(db, lambda: outbound_store.requeue(db, *rows))
+            for row_id in rows:
+                handle.direct.pop(row_id, None)
+            handle.outbox_fresh = None
+            log.info("gatewayd.send.requeued", rows=len(rows))
+
+    async def _requeue_direct_at_exit(self) -> None:
+        """``_requeue_direct`` when the outbox or the forwarder ends (whichever ends last
+        finds what the other left: a reply whose commit the forwarder finished while the tree
+        was stopping)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await self._requeue_direct()
+            except StoreError:
+                pass  # left in handle.direct: the next tree's outbox queues them
 
     async def _send_queued(self, row: outbound_store.OutboundRow) -> bool:
         """Send one queued row; False when it is still queued (try again later)."""
         handle, db = self.handle, self.sup.db
+        direct = row.row_id in handle.direct  # written "sending", its token taken
         max_age = self.sup.config().agents.reply_max_age
         age = (datetime.now(UTC) - row.created_at).total_seconds()
         with structlog.contextvars.bound_contextvars(traceId=row.trace_id):
@@ -131,11 +172,15 @@ class Sending:
                 await wait_for_database(
                     db, lambda: outbound_store.finish(db, row.row_id, "expired", error)
                 )
+                handle.direct.pop(row.row_id, None)
                 self._publish_handled(row.reply_to, row.reply_to_wa_id, "reply_expired")
                 return True
-            await handle.bucket.take()
+            if not direct:
+                await handle.bucket.take()
             try:
-                await self._deliver(row.row_id, row.message, row.trace_id, resumable=True)
+                await self._deliver(
+                    row.row_id, row.message, row.trace_id, resumable=True, marked=direct
+                )
             except NotConnected:
                 return False  # queued again; sent after the next Connected
             except StoreUnavailable:
@@ -174,9 +219,17 @@ class Sending:
             self.sup.bus.publish(BusEvent(self.handle.agent_id, "handled", data))
 
     async def _deliver(
-        self, row_id: int, m: Outgoing, trace_id: str | None, *, resumable: bool
+        self,
+        row_id: int,
+        m: Outgoing,
+        trace_id: str | None,
+        *,
+        resumable: bool,
+        marked: bool = False,
     ) -> Sent:
         """Send the message of an open row: ``sending`` first, ``sent`` after.
+
+        ``marked``: the row was written ``sending`` already (``handle.direct``).
 
         NotConnected means WhatsApp never had it: a resumable row is queued again, an API
         send fails. Any other error from WhatsApp ends the row ``failed``. Cancelled (or
@@ -184,8 +237,12 @@ class Sending:
         """
         handle, db = self.handle, self.sup.db
         if not handle.connected:
+            if marked:
+                await self._requeue_direct()
             raise NotConnected("The WhatsApp session is not connected")
-        if not await outbound_store.mark_sending(db, row_id):
+        if marked:
+            handle.direct.pop(row_id, None)  # from here on, WhatsApp may have it
+        elif not await outbound_store.mark_sending(db, row_id):
             raise AgentStopped("The send was cancelled before it went out")
         try:
             result = await self._client_send(m)

@@ -34,26 +34,35 @@ class Execution:
     message_id: int | None = None
 
 
+#: The insert of one execution, with its parameters named as ``execution_params`` names them
+#: (also a part of gatewayd/store/outbound.py's reply statement).
+INSERT_EXECUTION = (
+    "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status,"
+    " error, trace_id) VALUES (%(x_agent)s, %(x_message)s, %(x_request)s, %(x_response)s,"
+    " %(x_ms)s, %(x_status)s, %(x_error)s, %(x_trace)s)"
+)
+
+
+def execution_params(execution: Execution) -> dict[str, Any]:
+    """The parameters of ``INSERT_EXECUTION``. Strings PostgreSQL refuses (NUL, lone
+    surrogates) are stored cleaned; the originals go under ``"$escaped"`` in the same document
+    (gatewayd/textsafe.py)."""
+    response, error = execution.response, execution.error
+    return {
+        "x_agent": execution.agent_uuid,
+        "x_message": execution.message_id,
+        "x_request": Jsonb(_storable(execution.request)),
+        "x_response": Jsonb(_storable(response)) if response is not None else None,
+        "x_ms": max(0, round(execution.duration * 1000)),
+        "x_status": execution.status,
+        "x_error": textsafe.clean(error) if error is not None else None,
+        "x_trace": execution.trace_id,
+    }
+
+
 def insert_execution(conn: Connection, execution: Execution) -> int:
-    """Write ``execution`` in the caller's transaction; its id. Strings PostgreSQL refuses
-    (NUL, lone surrogates) are stored cleaned; the originals go under ``"$escaped"`` in the
-    same document (gatewayd/textsafe.py)."""
-    response = execution.response
-    error = execution.error
-    row = conn.execute(
-        "INSERT INTO ai_executions (agent_id, message_id, request, response, duration_ms, status,"
-        " error, trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (
-            execution.agent_uuid,
-            execution.message_id,
-            Jsonb(_storable(execution.request)),
-            Jsonb(_storable(response)) if response is not None else None,
-            max(0, round(execution.duration * 1000)),
-            execution.status,
-            textsafe.clean(error) if error is not None else None,
-            execution.trace_id,
-        ),
-    ).fetchone()
+    """Write ``execution`` in the caller's transaction; its id."""
+    row = conn.execute(INSERT_EXECUTION + " RETURNING id", execution_params(execution)).fetchone()
     assert row is not None
     return int(row[0])
 

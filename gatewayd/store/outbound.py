@@ -34,7 +34,7 @@ from gatewayd.errors import StoreError, StoreUnavailable
 from gatewayd.jid import is_group
 from gatewayd.nursery.commands import Outgoing
 from gatewayd.store.db import Connection, Database
-from gatewayd.store.executions import Execution, insert_execution
+from gatewayd.store.executions import INSERT_EXECUTION, Execution, execution_params
 
 __all__ = [
     "OutboundRow",
@@ -441,6 +441,22 @@ async def release_key(db: Database, row_id: int, reason: str, *, sending: bool =
     await db.run(work)
 
 
+# One statement in autocommit (atomic on its own): a single round trip where a transaction
+# took five (BEGIN, three statements, COMMIT). The execution is recorded whatever becomes of
+# the reply; the reply is inserted only if its message was still waiting for one.
+_QUEUE_REPLY = (
+    "WITH taken AS (UPDATE messages SET status = 'answered' WHERE id = %(inbound)s"
+    " AND status = 'received' AND handled_at IS NULL RETURNING now() AS at),"
+    " reply AS (INSERT INTO messages (agent_id, direction, type, chat_jid, text, quoted_id, media,"
+    " status, trace_id, is_group, payload, reply_to) SELECT %(agent)s, 'outbound', %(type)s,"
+    " %(chat)s, %(text)s, %(quoted)s, %(media)s, %(status)s, %(trace)s, %(group)s, %(payload)s,"
+    " %(inbound)s FROM taken RETURNING id){execution}"
+    " SELECT reply.id, taken.at FROM taken CROSS JOIN reply"
+)
+_QUEUE_REPLY_ONLY = _QUEUE_REPLY.format(execution="")
+_QUEUE_REPLY_RECORDED = _QUEUE_REPLY.format(execution=f", execution AS ({INSERT_EXECUTION})")
+
+
 async def queue_reply(
     db: Database,
     agent_uuid: uuid.UUID,
@@ -450,32 +466,36 @@ async def queue_reply(
     trace_id: str | None,
     reply_to_wa_id: str | None = None,
     execution: Execution | None = None,
+    sending: bool = False,
 ) -> OutboundRow | None:
     """Durably queue the AI's reply to ``inbound_row``, which becomes ``answered``; the row
     as the outbox would read it back (``reply_to_wa_id``: the WhatsApp id of the message it
     answers). None (and nothing queued) when that message is no longer waiting for an answer
     (handled, quarantined, or answered already by someone else). ``execution``, the AI call
-    that produced the reply, is recorded in the same transaction either way."""
+    that produced the reply, is recorded in the same transaction either way.
+
+    ``sending``: the row is written ``sending`` instead of ``queued``, for an outbox about to
+    send it at once (one commit less); the caller must send it or ``requeue`` it."""
     stored = attrs.evolve(message, data=None)  # as the outbox reads it back: no bytes
+    params: dict[str, Any] = {
+        "inbound": inbound_row, "agent": agent_uuid, "type": message.kind, "chat": message.to,
+        "text": message.text, "quoted": message.quote.message_id if message.quote else None,
+        "media": _media(message), "status": "sending" if sending else "queued",
+        "trace": trace_id, "group": is_group(message.to), "payload": _payload(message),
+    }  # fmt: skip
+    query = _QUEUE_REPLY_ONLY
+    if execution is not None:
+        params.update(execution_params(execution))
+        query = _QUEUE_REPLY_RECORDED
 
     def work(conn: Connection) -> OutboundRow | None:
-        if execution is not None:
-            insert_execution(conn, execution)
-        taken = conn.execute(
-            "UPDATE messages SET status = 'answered' WHERE id = %s AND status = 'received'"
-            " AND handled_at IS NULL RETURNING now()",
-            (inbound_row,),
-        ).fetchone()
-        if taken is None:
+        row = conn.execute(query, params).fetchone()
+        if row is None:
             return None
-        row_id = _insert(
-            conn, agent_uuid, message, status="queued", trace_id=trace_id, reply_to=inbound_row
-        )
-        assert row_id is not None  # no key: no conflict possible
         # now() is the transaction's start, as the row's created_at default.
-        return OutboundRow(row_id, stored, taken[0], inbound_row, trace_id, reply_to_wa_id)
+        return OutboundRow(int(row[0]), stored, row[1], inbound_row, trace_id, reply_to_wa_id)
 
-    return await db.run(work)
+    return await db.run_autocommit(work)
 
 
 async def queue(
@@ -552,16 +572,19 @@ async def finish(
     await db.run(work)
 
 
-async def requeue(db: Database, row_id: int) -> None:
-    """WhatsApp refused the send before taking it (not connected): it may go out later."""
+async def requeue(db: Database, *row_ids: int, reply_to: int | None = None) -> None:
+    """Rows WhatsApp never had (not connected; written ``sending`` for a send that did not
+    happen) are ``queued`` again: they may go out later. ``reply_to``: also the reply to that
+    inbound message, if it is ``sending`` (one whose commit's answer was lost)."""
 
     def work(conn: Connection) -> None:
         conn.execute(
-            "UPDATE messages SET status = 'queued' WHERE id = %s AND status = 'sending'",
-            (row_id,),
+            "UPDATE messages SET status = 'queued' WHERE status = 'sending'"
+            " AND (id = ANY(%s) OR (reply_to = %s AND direction = 'outbound'))",
+            (list(row_ids), reply_to),
         )
 
-    await db.run(work)
+    await db.run_autocommit(work)
 
 
 async def reconcile(db: Database) -> dict[str, int]:
