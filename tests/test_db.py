@@ -162,3 +162,101 @@ async def test_a_stopped_server_means_false_pings_and_fast_open_failures(
         async with open_database(dsn, connect_timeout=1.0):
             pass  # pragma: no cover
     assert trio.current_time() - start < 3.0
+
+
+# ------------------------------------------------------------------ statements on the Trio thread
+
+
+async def _wait_for_lock_wait(db: Database) -> None:
+    """Until some session of this database waits for a lock."""
+    while not await db.run(
+        lambda conn: conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        ).fetchone()
+    ):
+        await trio.sleep(0.01)
+
+
+async def test_execute_runs_a_statement_from_the_trio_thread(database: Database) -> None:
+    """One statement, committed on its own: its rows and row count come back; no worker
+    thread is used (the pool's threads stay idle); its errors map as run's do, and the
+    connection serves the next statement."""
+    threads = []
+    real = trio.to_thread.run_sync
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        threads.append(args[0])
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    result = await database.execute("SELECT 1")  # connects (in a worker thread) once
+    trio.to_thread.run_sync = counted  # type: ignore[assignment]
+    try:
+        result = await database.execute(
+            "INSERT INTO users (id) VALUES (%s), (%s) RETURNING id", ("u1", "u2")
+        )
+        assert result.rows == [("u1",), ("u2",)] and result.rowcount == 2
+        result = await database.execute("UPDATE users SET id = id WHERE id = %(id)s", {"id": "u9"})
+        assert result.rows == [] and result.rowcount == 0
+        with pytest.raises(Conflict) as info:
+            await database.execute("INSERT INTO users (id) VALUES (%s)", ("u1",))
+        assert isinstance(info.value.__cause__, psycopg.errors.UniqueViolation)
+        assert (await database.execute("SELECT count(*) FROM users")).rows == [(2,)]
+    finally:
+        trio.to_thread.run_sync = real
+    assert threads == []
+    assert await database.run(_user_ids) == ["u1", "u2"]  # committed, seen by the pool
+
+
+async def test_a_cancelled_statement_still_completes_and_its_connection_serves_on(
+    database: Database,
+) -> None:
+    """Cancelling the caller of a statement the server is running waits for its answer (it
+    is never abandoned halfway): the caller gets it, the cancellation comes at its next
+    checkpoint, and the connection serves the next statement."""
+    await database.run(_insert_user, "u1")
+    holder = await trio.to_thread.run_sync(psycopg.connect, database.dsn)
+    try:
+        await trio.to_thread.run_sync(
+            lambda: holder.execute("SELECT 1 FROM users WHERE id = 'u1' FOR UPDATE")
+        )
+        changed, cancelled = -1, False
+
+        async def rename(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            nonlocal changed, cancelled
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                result = await database.execute("UPDATE users SET id = 'u2' WHERE id = 'u1'")
+                changed = result.rowcount
+                try:
+                    await trio.lowlevel.checkpoint()
+                except trio.Cancelled:
+                    cancelled = True
+                    raise
+
+        async with trio.open_nursery() as nursery:
+            scope = await nursery.start(rename)
+            await _wait_for_lock_wait(database)
+            scope.cancel()
+            await trio.to_thread.run_sync(holder.rollback)
+        assert changed == 1 and cancelled
+    finally:
+        holder.close()
+    assert await database.run(_user_ids) == ["u2"]
+    assert (await database.execute("SELECT count(*) FROM users")).rows == [(1,)]
+
+
+async def test_a_session_the_server_ended_is_replaced(database: Database) -> None:
+    """A connection whose session was terminated (a restart, pg_terminate_backend) is not
+    lent again: the next statement runs on a new one."""
+    [(pid,)] = (await database.execute("SELECT pg_backend_pid()")).rows
+    await database.run(lambda conn: conn.execute("SELECT pg_terminate_backend(%s)", (pid,)))
+    while await database.run(
+        lambda conn: conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+    ):
+        await trio.sleep(0.01)  # until the session is gone
+    [(new_pid,)] = (await database.execute("SELECT pg_backend_pid()")).rows
+    assert new_pid != pid
+    assert database.available

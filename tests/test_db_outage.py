@@ -152,3 +152,31 @@ async def test_a_query_error_that_is_no_outage_leaves_the_breaker_closed(
     assert info.value.message == UNAVAILABLE and "statement timeout" not in str(info.value)
     assert database.available
     assert await database.run(lambda conn: conn.execute("SELECT 1").fetchone()) == (1,)
+
+
+async def test_statements_from_the_trio_thread_trip_the_breaker_and_recover(
+    tmp_path: Path,
+) -> None:
+    """``execute`` (no worker thread) fails with StoreUnavailable once the server is gone,
+    opening the breaker; once it is back, statements run on new connections."""
+    server = EmbeddedPostgres(tmp_path, port=_free_port())
+    dsn = await trio.to_thread.run_sync(server.start)
+    try:
+        async with open_database(dsn, max_size=3, connect_timeout=60) as db:
+            await db.run(_create)
+            await db.execute("INSERT INTO notes VALUES (%s)", (1,))
+            await trio.to_thread.run_sync(server.stop)
+            with trio.fail_after(10), pytest.raises(StoreUnavailable) as first:
+                await db.execute("INSERT INTO notes VALUES (%s)", (2,))
+            assert isinstance(first.value.__cause__, psycopg.OperationalError)
+            assert not db.available
+            with pytest.raises(StoreUnavailable) as refused:
+                await db.execute("SELECT 1")
+            assert refused.value.__cause__ is None
+            await trio.to_thread.run_sync(server.start)
+            with trio.fail_after(10):
+                await db.wait_available()
+            await db.execute("INSERT INTO notes VALUES (%s)", (3,))
+            assert await db.run(_values) == [1, 3]
+    finally:
+        await trio.to_thread.run_sync(server.stop)

@@ -19,9 +19,9 @@ failing (see :mod:`gatewayd.store.pool` for the pool generations it swaps).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import attrs
 import psycopg
@@ -31,6 +31,7 @@ import trio
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from gatewayd.errors import Conflict, StoreError, StoreUnavailable
+from gatewayd.store.native import NativeConnections, Result
 from gatewayd.store.pool import Connection, Pool, PoolSpec, borrow
 from gatewayd.store.pool import error_message as _message
 
@@ -38,6 +39,7 @@ __all__ = [
     "Connection",
     "Database",
     "DatabaseStatistics",
+    "Result",
     "UNAVAILABLE",
     "describe_dsn",
     "is_outage",
@@ -158,8 +160,10 @@ class Database:
         *,
         timeout: float,
         reopen: Callable[[], Pool | None],
+        native: NativeConnections | None = None,
     ) -> None:
         self._current = first
+        self._native = native
         self._dsn = dsn
         self._limiter = trio.CapacityLimiter(max_size)
         self._timeout = timeout
@@ -226,6 +230,32 @@ class Database:
                     _autocommit_off(conn)
 
         return await self._call(work)
+
+    async def execute(
+        self, query: str | bytes, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Result:
+        """Run one statement, a transaction of its own, on the Trio thread (no worker thread:
+        gatewayd/store/native.py); its rows and row count. For the hot path's single
+        statements. Cancellation waits for the server's answer; the breaker applies as to
+        :meth:`run`."""
+        if not self._available:
+            raise StoreUnavailable(UNAVAILABLE)
+        if self._native is None:
+
+            def work(conn: Connection) -> Result:
+                cursor = conn.execute(query, params)
+                rows = cursor.fetchall() if cursor.description is not None else []
+                return Result(rows, cursor.rowcount)
+
+            return await self.run_autocommit(work)
+        pooled = self._current
+        try:
+            with map_exceptions():
+                return await self._native.execute(query, params)
+        except StoreUnavailable as exc:
+            if is_outage(exc.__cause__):
+                self._trip(pooled)
+            raise
 
     async def _call(self, work: Callable[[Pool], T]) -> T:
         if not self._available:
@@ -317,6 +347,8 @@ class Database:
                     await trio.sleep(_PROBE_INTERVAL)
                     continue
                 old, self._current = self._current, fresh
+                if self._native is not None:
+                    self._native.close()  # connections of before the outage: make new ones
                 self._retired.append(old)
                 self._tripped = trio.Event()
                 self._available = True
@@ -331,6 +363,8 @@ class Database:
         self._retired.remove(pooled)
 
     def _close_all(self) -> None:
+        if self._native is not None:
+            self._native.close()
         for pooled in [*self._retired, self._current]:
             pooled.pool.close(timeout=5.0)
 
@@ -346,8 +380,12 @@ async def open_database(
     server whenever the breaker is open. The pool is closed on exit, also when
     cancelled.
     """
+    # A third of the connections (up to three) run the hot path's statements from the Trio
+    # thread (gatewayd/store/native.py); the pool keeps the rest, at least min_size.
+    native = min(3, max_size // 3)
+    pool_size = max(min_size, max_size - native)
     spec = PoolSpec.for_dsn(
-        dsn, min_size=min_size, max_size=max_size, connect_timeout=connect_timeout
+        dsn, min_size=min_size, max_size=pool_size, connect_timeout=connect_timeout
     )
     where = describe_dsn(dsn)
 
@@ -371,7 +409,14 @@ async def open_database(
         await trio.to_thread.run_sync(open_first, first)
         logger.info("gatewayd.db.opened", max_size=max_size, **where)
         async with trio.open_nursery() as nursery:
-            db = Database(first, dsn, max_size, timeout=connect_timeout, reopen=spec.reopen)
+            db = Database(
+                first,
+                dsn,
+                pool_size,
+                timeout=connect_timeout,
+                reopen=spec.reopen,
+                native=NativeConnections(spec.connect_autocommit, native) if native else None,
+            )
             await nursery.start(db._probe)
             try:
                 yield db

@@ -129,13 +129,13 @@ async def insert_inbound_batch(db: Database, items: Sequence[NewInbound]) -> lis
     ).encode()
     flat = [value for row in params for value in row]
 
-    def work(conn: Connection) -> list[int | None]:
-        inserted = {
-            (agent_id, wa_id): int(row_id)
-            for row_id, agent_id, wa_id in conn.execute(query, flat).fetchall()
-        }
+    def ids_of(inserted_rows: list[tuple[Any, ...]]) -> list[int | None]:
+        inserted = {(agent_id, wa_id): int(row_id) for row_id, agent_id, wa_id in inserted_rows}
         # A redelivery (stored before, or twice in this batch) gets None: the first wins.
-        ids = [inserted.pop((item.agent_uuid, item.message.id), None) for item in items]
+        return [inserted.pop((item.agent_uuid, item.message.id), None) for item in items]
+
+    def work(conn: Connection) -> list[int | None]:
+        ids = ids_of(conn.execute(query, flat).fetchall())
         webhooks_store.insert_for_messages(
             conn,
             [
@@ -148,9 +148,9 @@ async def insert_inbound_batch(db: Database, items: Sequence[NewInbound]) -> lis
 
     if any(item.webhook is not None for item in items):
         return await db.run(work)
-    # No webhook to queue: the insert is the only statement, atomic on its own. In autocommit
-    # it is one round trip instead of three (BEGIN, INSERT, COMMIT).
-    return await db.run_autocommit(work)
+    # No webhook to queue: the insert is the only statement, atomic on its own: one round
+    # trip instead of three (BEGIN, INSERT, COMMIT), from the Trio thread.
+    return ids_of((await db.execute(query, flat)).rows)
 
 
 async def insert_inbound(
@@ -213,15 +213,12 @@ async def mark_handled_many(db: Database, outcomes: Sequence[tuple[int, str]]) -
 async def begin_attempts(db: Database, row_ids: Sequence[int]) -> list[int]:
     """Count one more forwarding attempt of each row, in one statement; the new counts."""
 
-    def work(conn: Connection) -> list[int]:
-        rows = conn.execute(
-            "UPDATE messages SET attempts = attempts + 1 WHERE id = ANY(%s) RETURNING id, attempts",
-            (list(row_ids),),
-        ).fetchall()
-        counts = {int(r[0]): int(r[1]) for r in rows}
-        return [counts.get(row_id, 0) for row_id in row_ids]
-
-    return await db.run_autocommit(work)  # one statement: no BEGIN and COMMIT round trips
+    result = await db.execute(
+        "UPDATE messages SET attempts = attempts + 1 WHERE id = ANY(%s) RETURNING id, attempts",
+        (list(row_ids),),
+    )
+    counts = {int(r[0]): int(r[1]) for r in result.rows}
+    return [counts.get(row_id, 0) for row_id in row_ids]
 
 
 async def quarantine(db: Database, row_id: int, reason: str) -> None:

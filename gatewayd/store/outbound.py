@@ -211,9 +211,9 @@ class _Sent:
 _Change = _Pending | _Sending | _Sent
 
 
-# A round is one statement (data-modifying CTEs: atomic on its own, so it runs in autocommit):
-# one round trip however many sends it holds, where a transaction of a statement per kind took
-# seven, each of which a worker thread pays again for the interpreter lock. Its rows come as
+# A round is one statement (data-modifying CTEs: atomic on its own, so it runs in autocommit,
+# from the Trio thread: Database.execute): one round trip however many sends it holds, where a
+# transaction of a statement per kind took seven. Its rows come as
 # JSON documents (encoded once, in C). Ids of new rows are drawn first, in the order of the
 # round, so each caller learns its own, or NULL when its key was used before; the statement
 # trigger of sql/009_analytics.up.sql runs once. The parts touch different rows: a row's next
@@ -246,7 +246,7 @@ _WRITE_ROUND = (
 )
 
 
-def _write_changes(conn: Connection, changes: Sequence[_Change]) -> list[object]:
+async def _write_changes(db: Database, changes: Sequence[_Change]) -> list[object]:
     """One round's changes, in one statement; each change's result, in order."""
     pending: list[dict[str, Any]] = []
     where: list[int] = []  # the change of each pending row
@@ -263,15 +263,13 @@ def _write_changes(conn: Connection, changes: Sequence[_Change]) -> list[object]
                 {"id": change.row_id, "wa_message_id": change.wa_message_id,
                  "ms": change.timestamp_ms, "result": dict(change.result)}
             )  # fmt: skip
-    rows = conn.execute(
-        _WRITE_ROUND,
-        {
-            "pending": Jsonb(pending),
-            "sending": sending,
-            "sent": Jsonb(sent),
-            "sent_ids": [row["id"] for row in sent],
-        },
-    ).fetchall()
+    params = {
+        "pending": Jsonb(pending),
+        "sending": sending,
+        "sent": Jsonb(sent),
+        "sent_ids": [row["id"] for row in sent],
+    }
+    rows = (await db.execute(_WRITE_ROUND, params)).rows
     results: list[object] = [None] * len(changes)
     marked: set[int] = set()
     for n, row_id in rows:
@@ -311,7 +309,7 @@ def _rounds(db: Database) -> _Rounds[_Change, object]:
         return _last[1]
     rounds = _by_database.get(db)
     if rounds is None:
-        rounds = _by_database[db] = _Rounds(lambda items: db.run_autocommit(_write_changes, items))
+        rounds = _by_database[db] = _Rounds(lambda items: _write_changes(db, items))
     _last = (db, rounds)
     return rounds
 
@@ -488,14 +486,12 @@ async def queue_reply(
         params.update(execution_params(execution))
         query = _QUEUE_REPLY_RECORDED
 
-    def work(conn: Connection) -> OutboundRow | None:
-        row = conn.execute(query, params).fetchone()
-        if row is None:
-            return None
-        # now() is the transaction's start, as the row's created_at default.
-        return OutboundRow(int(row[0]), stored, row[1], inbound_row, trace_id, reply_to_wa_id)
-
-    return await db.run_autocommit(work)
+    rows = (await db.execute(query, params)).rows
+    if not rows:
+        return None
+    # now() is the transaction's start, as the row's created_at default.
+    [(row_id, created_at)] = rows
+    return OutboundRow(int(row_id), stored, created_at, inbound_row, trace_id, reply_to_wa_id)
 
 
 async def queue(

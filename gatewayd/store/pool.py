@@ -148,6 +148,11 @@ class PoolSpec:
         )
         return Pool(pool, health)
 
+    def connect_autocommit(self) -> Connection:
+        """A connection of its own, in autocommit (blocking)."""
+        conninfo = psycopg.conninfo.make_conninfo(self.dsn, **self.kwargs)
+        return psycopg.Connection.connect(conninfo, autocommit=True)
+
     def reopen(self) -> Pool | None:
         """A new, open pool if the server answers now; else None, quickly."""
         # A direct connection first: refused at once while the server is down, where
