@@ -232,18 +232,23 @@ class Database:
         return await self._call(work)
 
     async def execute(
-        self, query: str | bytes, params: Sequence[Any] | dict[str, Any] | None = None
+        self,
+        query: str | bytes,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        prepare: bool | None = None,
     ) -> Result:
         """Run one statement, a transaction of its own, on the Trio thread (no worker thread:
         gatewayd/store/native.py); its rows and row count. For the hot path's single
         statements. Cancellation waits for the server's answer; the breaker applies as to
-        :meth:`run`."""
+        :meth:`run`. ``prepare=False``: never a prepared statement (planned for its
+        parameters each time)."""
         if not self._available:
             raise StoreUnavailable(UNAVAILABLE)
         if self._native is None:
 
             def work(conn: Connection) -> Result:
-                cursor = conn.execute(query, params)
+                cursor = conn.execute(query, params, prepare=prepare)
                 rows = cursor.fetchall() if cursor.description is not None else []
                 return Result(rows, cursor.rowcount)
 
@@ -251,7 +256,7 @@ class Database:
         pooled = self._current
         try:
             with map_exceptions():
-                return await self._native.execute(query, params)
+                return await self._native.execute(query, params, prepare=prepare)
         except StoreUnavailable as exc:
             if is_outage(exc.__cause__):
                 self._trip(pooled)

@@ -101,15 +101,21 @@ class NativeConnections:
         self.size = size
 
     async def execute(
-        self, query: str | bytes, params: Sequence[Any] | dict[str, Any] | None = None
+        self,
+        query: str | bytes,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        prepare: bool | None = None,
     ) -> Result:
-        """Run one statement (a transaction of its own); psycopg's exceptions as they come."""
+        """Run one statement (a transaction of its own); psycopg's exceptions as they come.
+        ``prepare`` as psycopg's ``execute`` takes it."""
         async with self._slots:
             conn = await self._take()
             try:
                 with trio.CancelScope(shield=True):
                     cursor = conn.cursor()
-                    await drive(cursor._execute_gen(query, params), conn.pgconn.socket)
+                    gen = cursor._execute_gen(query, params, prepare=prepare)
+                    await drive(gen, conn.pgconn.socket)
                 rows = cursor.fetchall() if cursor.description is not None else []
                 return Result(rows, cursor.rowcount)
             finally:

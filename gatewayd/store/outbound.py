@@ -269,7 +269,10 @@ async def _write_changes(db: Database, changes: Sequence[_Change]) -> list[objec
         "sent": Jsonb(sent),
         "sent_ids": [row["id"] for row in sent],
     }
-    rows = (await db.execute(_WRITE_ROUND, params)).rows
+    # Never prepared: a plan made without the round's arrays and documents (PostgreSQL's
+    # generic plan, which it may pick for a prepared statement after five executions) made
+    # rounds several times slower (docs/psycopg.md).
+    rows = (await db.execute(_WRITE_ROUND, params, prepare=False)).rows
     results: list[object] = [None] * len(changes)
     marked: set[int] = set()
     for n, row_id in rows:
