@@ -385,9 +385,9 @@ async def open_database(
     server whenever the breaker is open. The pool is closed on exit, also when
     cancelled.
     """
-    # A third of the connections (up to three) run the hot path's statements from the Trio
-    # thread (gatewayd/store/native.py); the pool keeps the rest, at least min_size.
-    native = min(3, max_size // 3)
+    # Half the connections (up to four; none below three) run the hot path's statements from
+    # the Trio thread (gatewayd/store/native.py); the pool keeps the rest, at least min_size.
+    native = min(4, max_size // 2) if max_size >= 3 else 0
     pool_size = max(min_size, max_size - native)
     spec = PoolSpec.for_dsn(
         dsn, min_size=min_size, max_size=pool_size, connect_timeout=connect_timeout
