@@ -248,9 +248,7 @@ class Database:
         if self._native is None:
 
             def work(conn: Connection) -> Result:
-                cursor = conn.execute(query, params, prepare=prepare)
-                rows = cursor.fetchall() if cursor.description is not None else []
-                return Result(rows, cursor.rowcount)
+                return Result.of(conn.execute(query, params, prepare=prepare))
 
             return await self.run_autocommit(work)
         pooled = self._current

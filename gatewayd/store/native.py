@@ -20,7 +20,6 @@ asyncio ``execute`` run: docs/psycopg.md says what, and the tests run it on ever
 
 from __future__ import annotations
 
-import select
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,9 +29,9 @@ from psycopg.abc import PQGen
 from psycopg.rows import TupleRow
 from psycopg.waiting import Ready, Wait
 
-__all__ = ["NativeConnections", "Result", "drive"]
+from gatewayd.store.pool import Connection, ended_by_server
 
-Connection = psycopg.Connection[TupleRow]
+__all__ = ["NativeConnections", "Result", "drive"]
 
 
 class Result:
@@ -44,6 +43,11 @@ class Result:
     def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
         self.rows = rows
         self.rowcount = rowcount
+
+    @classmethod
+    def of(cls, cursor: psycopg.Cursor[TupleRow]) -> Result:
+        """What ``cursor`` has received for its statement."""
+        return cls(cursor.fetchall() if cursor.description is not None else [], cursor.rowcount)
 
 
 async def drive(gen: PQGen[Any], fileno: int) -> Any:
@@ -82,14 +86,6 @@ async def _either(fileno: int) -> int:
     return ready
 
 
-def _readable(conn: Connection) -> bool:
-    """The server has sent something to an idle session: it is ending it (a restart,
-    ``pg_terminate_backend``), since gatewayd never LISTENs."""
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
 class NativeConnections:
     """Up to ``size`` autocommit connections used from the Trio thread; ``connect`` makes one
     (blocking: it is called in a worker thread)."""
@@ -116,8 +112,7 @@ class NativeConnections:
                     cursor = conn.cursor()
                     gen = cursor._execute_gen(query, params, prepare=prepare)
                     await drive(gen, conn.pgconn.socket)
-                rows = cursor.fetchall() if cursor.description is not None else []
-                return Result(rows, cursor.rowcount)
+                return Result.of(cursor)
             finally:
                 if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.close()  # broken, or left in a state it must not be lent in
@@ -127,7 +122,7 @@ class NativeConnections:
     async def _take(self) -> Connection:
         while self._idle:
             conn = self._idle.pop()
-            if not conn.closed and not _readable(conn):
+            if not conn.closed and not ended_by_server(conn):
                 return conn
             conn.close()
         return await trio.to_thread.run_sync(self._connect)

@@ -23,7 +23,15 @@ import psycopg.conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-__all__ = ["Connection", "Health", "Pool", "PoolSpec", "borrow", "error_message"]
+__all__ = [
+    "Connection",
+    "Health",
+    "Pool",
+    "PoolSpec",
+    "borrow",
+    "ended_by_server",
+    "error_message",
+]
 
 Connection = psycopg.Connection[TupleRow]
 """What a function passed to :meth:`~gatewayd.store.db.Database.run` receives."""
@@ -102,11 +110,13 @@ def _check_if_idle(conn: Connection) -> None:
     connection cost a round trip per store call, a good part of each under load
     (docs/benchmarks.md)."""
     idle = time.monotonic() - getattr(conn, "returned_at", 0.0)
-    if idle > CHECK_AFTER_IDLE or _readable(conn):
+    if idle > CHECK_AFTER_IDLE or ended_by_server(conn):
         ConnectionPool.check_connection(conn)
 
 
-def _readable(conn: Connection) -> bool:
+def ended_by_server(conn: Connection) -> bool:
+    """The server has sent something to an idle session: it is ending it (a restart,
+    ``pg_terminate_backend``), since gatewayd never LISTENs."""
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
     return bool(poller.poll(0))
