@@ -6,7 +6,6 @@ outcome, so analytics and debugging see failures as well as answers.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from gatewayd.outbound.ai import AIAnswer, call_ai
 from gatewayd.outbound.aihttp import AiConnections
 from gatewayd.store.agents import AgentRecord
 from gatewayd.store.db import Database
-from gatewayd.store.executions import Execution, insert_execution, record_execution
+from gatewayd.store.executions import Execution, insert_execution
 from gatewayd.store.retry import wait_for_database
 
 
@@ -88,45 +87,35 @@ class AiCaller:
             self.metrics.wa_ai_latency.observe(duration)
             if count_errors:
                 self.metrics.wa_errors.labels(_error_code(exc)).inc()
-            await self._record(
-                wait_for_store,
-                record.id,
-                request=payload,
-                response=None,
-                duration=duration,
-                status="timeout" if isinstance(exc, AITimeout) else "error",
-                error=exc.message,
-                trace_id=trace_id,
-                message_id=message_row,
-            )
+            failed = Execution(
+                agent_uuid=record.id, request=payload, response=None, duration=duration,
+                status="timeout" if isinstance(exc, AITimeout) else "error", error=exc.message,
+                trace_id=trace_id, message_id=message_row,
+            )  # fmt: skip
+            await self._record(failed, wait=wait_for_store)
             raise
         self.metrics.wa_ai_latency.observe(answer.duration)
         if record_success:
-            await self._record(
-                wait_for_store,
-                record.id,
-                request=payload,
-                response=answer.body,
-                duration=answer.duration,
-                status="success",
-                trace_id=trace_id,
+            answered = Execution(
+                agent_uuid=record.id, request=payload, response=answer.body,
+                duration=answer.duration, status="success", trace_id=trace_id,
                 message_id=message_row,
-            )
+            )  # fmt: skip
+            await self._record(answered, wait=wait_for_store)
         return answer
 
     async def record(self, execution: Execution) -> None:
         """Record a successful call left unrecorded, through a database outage."""
-        db = self.db
-        await wait_for_database(db, lambda: db.run(insert_execution, execution))
+        await self._record(execution, wait=True)
 
-    async def _record(self, wait: bool, agent_uuid: uuid.UUID, **fields: Any) -> None:
+    async def _record(self, execution: Execution, *, wait: bool) -> None:
         """Record an AI call. ``wait``: through a database outage (the forwarder: failing here
         would make it call the AI again for an answer it already has)."""
         db = self.db
         if wait:
-            await wait_for_database(db, lambda: record_execution(db, agent_uuid, **fields))
+            await wait_for_database(db, lambda: db.run(insert_execution, execution))
         else:
-            await record_execution(db, agent_uuid, **fields)
+            await db.run(insert_execution, execution)
 
 
 def _error_code(exc: GatewayError) -> str:
