@@ -223,6 +223,52 @@ async def test_sending_and_sent_are_recorded_per_row(database: Database) -> None
     ]
 
 
+@pytest.mark.parametrize(
+    "kinds",
+    [("pending",), ("sending",), ("sent",), ("pending", "sending"), ("pending", "sent"),
+     ("sending", "sent"), ("pending", "sending", "sent")],
+    ids="+".join,
+)  # fmt: skip
+async def test_a_round_holding_some_kinds_of_change_answers_each(
+    database: Database, kinds: tuple[str, ...]
+) -> None:
+    """A round is written with only the parts it has changes for: whichever kinds it holds,
+    each change gets its own answer and its row its own change."""
+    agent_uuid = await agent(database, "bot-a")
+    message = Outgoing(to=CUSTOMER, text="hi")
+    opened, going, gone = [
+        await outbound_store.insert_pending(database, agent_uuid, message, trace_id=None, key=None)
+        for _ in range(3)
+    ]
+    assert opened is not None and going is not None and gone is not None
+    assert await outbound_store.mark_sending(database, going)
+    assert await outbound_store.mark_sending(database, gone)
+    changes: list[outbound_store._Change] = []
+    if "pending" in kinds:
+        changes.append(outbound_store._Pending(agent_uuid, message, "new", None))
+    if "sending" in kinds:  # (a row is changed once a round: its next change waits)
+        changes += [outbound_store._Sending(opened), outbound_store._Sending(gone)]
+    if "sent" in kinds:
+        changes.append(outbound_store._Sent(going, "3EB0SENT", 1_700_000_000_000, {"ok": 1}))
+    results = await outbound_store._write_changes(database, changes)
+    expected: list[object] = []
+    if "pending" in kinds:
+        (new_row,) = await rows(database, "SELECT id FROM messages WHERE trace_id = 'new'")
+        expected.append(new_row[0])
+    if "sending" in kinds:
+        expected += [True, False]  # the second one was sending already
+    if "sent" in kinds:
+        expected.append(None)
+    assert results == expected
+    statuses = await rows(database, "SELECT id, status, wa_message_id FROM messages ORDER BY id")
+    assert statuses[:3] == [
+        (opened, "sending" if "sending" in kinds else "pending", None),
+        (going, "sent", "3EB0SENT") if "sent" in kinds else (going, "sending", None),
+        (gone, "sending", None),
+    ]
+    assert statuses[3:] == ([(new_row[0], "pending", None)] if "pending" in kinds else [])
+
+
 @pytest.mark.parametrize("count", [1, 3])
 async def test_a_reply_sent_settles_its_inbound_message(database: Database, count: int) -> None:
     """A reply marked sent (alone or in a round with others) makes its inbound message

@@ -17,6 +17,7 @@ commits a second instead of 5,000.
 
 from __future__ import annotations
 
+import functools
 import uuid
 import weakref
 from collections import deque
@@ -217,9 +218,11 @@ _Change = _Pending | _Sending | _Sent
 # JSON documents (encoded once, in C). Ids of new rows are drawn first, in the order of the
 # round, so each caller learns its own, or NULL when its key was used before; the statement
 # trigger of sql/009_analytics.up.sql runs once. The parts touch different rows: a row's next
-# change is asked for only once its previous one is committed.
-_WRITE_ROUND = (
-    "WITH pending AS MATERIALIZED ("
+# change is asked for only once its previous one is committed. A round holds only the parts
+# it has changes for: an empty part would still be planned and run (the insert's statement
+# trigger with it), which made a round of one send's result twice as costly to PostgreSQL.
+_PENDING = (
+    "pending AS MATERIALIZED ("
     " SELECT nextval('messages_id_seq') AS id, u.* FROM jsonb_to_recordset(%(pending)s)"
     " AS u(n integer, agent_id uuid, type text, chat_jid text, text text, quoted_id text,"
     " media jsonb, trace_id text, is_group boolean, payload jsonb, idempotency_key text)),"
@@ -228,22 +231,43 @@ _WRITE_ROUND = (
     " SELECT id, agent_id, 'outbound', type, chat_jid, text, quoted_id, media, 'pending',"
     " trace_id, is_group, payload, idempotency_key FROM pending ORDER BY n"
     " ON CONFLICT (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-    " RETURNING id),"
-    " sending AS (UPDATE messages SET status = 'sending' WHERE id = ANY(%(sending)s::bigint[])"
-    " AND status IN ('queued', 'pending') RETURNING id),"
-    " sent AS (UPDATE messages AS m SET status = 'sent', wa_message_id = v.wa_message_id,"
+    " RETURNING id)"
+)
+_SENDING = (
+    "sending AS (UPDATE messages SET status = 'sending' WHERE id = ANY(%(sending)s::bigint[])"
+    " AND status IN ('queued', 'pending') RETURNING id)"
+)
+# A reply sent: its inbound message is handled, in the same statement. (The ids as an
+# array, here and above: the primary key is used whatever the planner guesses of a set.)
+_SENT = (
+    "sent AS (UPDATE messages AS m SET status = 'sent', wa_message_id = v.wa_message_id,"
     " sent_at = to_timestamp(v.ms::double precision / 1000), result = v.result"
     " FROM jsonb_to_recordset(%(sent)s)"
     " AS v(id bigint, wa_message_id text, ms bigint, result jsonb)"
     " WHERE m.id = ANY(%(sent_ids)s::bigint[]) AND m.id = v.id RETURNING m.reply_to),"
-    # A reply sent: its inbound message is handled, in the same statement. (The ids as an
-    # array, here and above: the primary key is used whatever the planner guesses of a set.)
     " settled AS (UPDATE messages SET handled_at = now(), outcome = 'replied'"
     " WHERE id = ANY(ARRAY(SELECT reply_to FROM sent WHERE reply_to IS NOT NULL))"
     " AND handled_at IS NULL)"
-    " SELECT pending.n, inserted.id FROM pending LEFT JOIN inserted ON inserted.id = pending.id"
-    " UNION ALL SELECT -1, id FROM sending"
 )
+
+
+@functools.cache
+def _round_statement(pending: bool, sending: bool, sent: bool) -> str:
+    """The statement of a round with these kinds of change; its rows are (n, id) for each
+    pending row (id NULL: its key was used before) and (-1, id) for each row marked sending."""
+    parts, rows = [], []
+    if pending:
+        parts.append(_PENDING)
+        rows.append(
+            "SELECT pending.n, inserted.id FROM pending LEFT JOIN inserted ON inserted.id = pending.id"
+        )
+    if sending:
+        parts.append(_SENDING)
+        rows.append("SELECT -1, id FROM sending")
+    if sent:
+        parts.append(_SENT)
+    # Data-modifying CTEs run whether read or not: a round of sent rows only returns nothing.
+    return f"WITH {', '.join(parts)} {' UNION ALL '.join(rows) or 'SELECT -1, NULL WHERE false'}"
 
 
 async def _write_changes(db: Database, changes: Sequence[_Change]) -> list[object]:
@@ -263,16 +287,19 @@ async def _write_changes(db: Database, changes: Sequence[_Change]) -> list[objec
                 {"id": change.row_id, "wa_message_id": change.wa_message_id,
                  "ms": change.timestamp_ms, "result": dict(change.result)}
             )  # fmt: skip
-    params = {
-        "pending": Jsonb(pending),
-        "sending": sending,
-        "sent": Jsonb(sent),
-        "sent_ids": [row["id"] for row in sent],
-    }
+    params: dict[str, Any] = {}
+    if pending:
+        params["pending"] = Jsonb(pending)
+    if sending:
+        params["sending"] = sending
+    if sent:
+        params["sent"] = Jsonb(sent)
+        params["sent_ids"] = [row["id"] for row in sent]
+    query = _round_statement(bool(pending), bool(sending), bool(sent))
     # Never prepared: a plan made without the round's arrays and documents (PostgreSQL's
     # generic plan, which it may pick for a prepared statement after five executions) made
     # rounds several times slower (docs/psycopg.md).
-    rows = (await db.execute(_WRITE_ROUND, params, prepare=False)).rows
+    rows = (await db.execute(query, params, prepare=False)).rows
     results: list[object] = [None] * len(changes)
     marked: set[int] = set()
     for n, row_id in rows:
