@@ -212,12 +212,18 @@ class _AiHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _AiServer(http.server.ThreadingHTTPServer):
+    # Read by the constructor's listen(): socketserver's default of 5 drops the SYNs of a
+    # burst of new connections, each then retried a second later, which is no AI backend's
+    # doing (they listen with a backlog in the hundreds).
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def serve_ai(delay: float) -> None:
     """The AI backend process: prints its port, serves until stdin closes."""
     _AiHandler.delay = delay
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AiHandler)
-    server.request_queue_size = 1024
-    server.daemon_threads = True
+    server = _AiServer(("127.0.0.1", 0), _AiHandler)
     print(server.server_address[1], flush=True)
     import threading
 
