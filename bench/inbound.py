@@ -37,7 +37,10 @@ the gateway-added latency p50/p99/max of
   (the time in its ``SentRecord``);
 
 and CPU per message: this process's CPU time (gateway, simulated network and injector;
-the psycopg worker threads included) and PostgreSQL's, each divided by the messages. Every
+the psycopg worker threads included) and PostgreSQL's, each divided by the messages; and, for
+the measured phase, what PostgreSQL wrote to its write-ahead log per message (records, kB,
+and flushes to disk — every commit waits for one covering it — with their average time and
+the share of the time one was under way: flushes are one at a time). Every
 message is committed before the forwarder sees it (the inbound writer hands it over only
 after its commit), and at the end the bench checks that each one is stored, recorded in
 ``ai_executions`` and answered by a sent reply. All clocks are CLOCK_MONOTONIC
@@ -293,6 +296,51 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields[:8]), fields[7]  # user .. steal; guest time is counted in user
 
 
+@attrs.frozen
+class Wal:
+    """What PostgreSQL wrote to its write-ahead log (pg_stat_wal), or the difference of two
+    readings."""
+
+    records: int
+    kbytes: float
+    #: Flushes to disk (each commit waits for one covering its record), and their time.
+    flushes: int
+    flush_seconds: float
+
+    def __sub__(self, other: Wal) -> Wal:
+        return Wal(
+            self.records - other.records,
+            self.kbytes - other.kbytes,
+            self.flushes - other.flushes,
+            self.flush_seconds - other.flush_seconds,
+        )
+
+
+async def wal_written(db: Database) -> Wal:
+    """PostgreSQL's counters so far. A backend reports its share when it is idle, at most once a
+    second (and a backend that stays idle, only ten seconds later): a long phase of steady load
+    is counted to within a few percent, a short or quiet one is not."""
+
+    def work(conn: Connection) -> Wal:
+        row = conn.execute(
+            "SELECT wal_records, wal_bytes / 1024, wal_sync, wal_sync_time / 1000 FROM pg_stat_wal"
+        ).fetchone()
+        assert row is not None
+        return Wal(int(row[0]), float(row[1]), int(row[2]), float(row[3]))
+
+    return await db.run(work)
+
+
+async def time_wal_flushes(db: Database) -> None:
+    """Have the bench's own server time its WAL flushes (``track_wal_io_timing``)."""
+
+    def work(conn: Connection) -> None:
+        conn.execute("ALTER SYSTEM SET track_wal_io_timing = on")
+        conn.execute("SELECT pg_reload_conf()")
+
+    await db.run_autocommit(work)
+
+
 def quantiles(values: Sequence[float]) -> tuple[float, float, float]:
     """p50, p99 and max of ``values`` (nearest rank), in milliseconds."""
     ordered = sorted(values)
@@ -322,6 +370,8 @@ class Phase:
     steal: float
     #: Its messages' ids and injection times (perf_counter).
     injected: dict[str, float]
+    #: What PostgreSQL wrote to its log meanwhile (measured phase only, see ``wal_written``).
+    wal: Wal | None
     handed_to_request: list[float] = attrs.Factory(list)
     reply_to_send: list[float] = attrs.Factory(list)
     inject_to_handed: list[float] = attrs.Factory(list)
@@ -417,12 +467,13 @@ async def _latency(
                 while not waiting <= outcomes.keys():
                     await trio.sleep(0.05)
 
-        async def phase(rate: float, seconds: float) -> Phase:
+        async def phase(rate: float, seconds: float, *, wal: bool = False) -> Phase:
             count = int(seconds * rate)
             load = os.getloadavg()[0]
             batches, cpu, pg_cpu = sup.inbound.batches, time.process_time(), 0.0
             if postgres_pid is not None:
                 pg_cpu = process_tree_cpu(postgres_pid)
+            wal_before = await wal_written(db) if wal else None
             begin, ticks = time.perf_counter(), cpu_ticks()
             injected = await inject(rate, count)
             await settle(injected)
@@ -433,11 +484,14 @@ async def _latency(
             if postgres_pid is not None:
                 pg_cpu = process_tree_cpu(postgres_pid) - pg_cpu
             transactions = sup.inbound.batches - batches
-            return Phase(rate, count, elapsed, cpu, pg_cpu, transactions, load, steal, injected)
+            wal_used = None if wal_before is None else await wal_written(db) - wal_before
+            return Phase(
+                rate, count, elapsed, cpu, pg_cpu, transactions, load, steal, injected, wal_used
+            )
 
         await settle(await inject(args.rate, int(args.warmup * args.rate)))
         baseline = await phase(args.baseline_rate, args.baseline_seconds)
-        measured = await phase(args.rate, args.seconds)
+        measured = await phase(args.rate, args.seconds, wal=True)
         offset = trio.current_time() - time.perf_counter()  # trio's clock is perf_counter + offset
         sent_at: dict[str, float] = {}
         for agent_id in agent_ids:
@@ -520,6 +574,15 @@ def print_latency(result: LatencyResult, args: argparse.Namespace) -> None:
             f" {one.cpu_postgres / one.messages * 1000:.2f} ms"
             f" ({one.cpu_postgres / one.seconds:.2f} cores)"
         )
+        wal = one.wal
+        if wal is None:
+            continue
+        print(
+            f"   WAL per message: {wal.records / one.messages:.0f} records,"
+            f" {wal.kbytes / one.messages:.1f} kB, {wal.flushes / one.messages:.1f} flushes"
+            f" of {wal.flush_seconds / max(wal.flushes, 1) * 1000:.2f} ms on average"
+            f" (a flush under way {wal.flush_seconds / one.seconds:.0%} of the time)"
+        )
     checks = result.checks
     print(
         f"measured messages: stored {checks['stored']:,}/{run.messages:,}, replied"
@@ -538,6 +601,7 @@ async def main(args: argparse.Namespace) -> None:
         try:
             async with open_database(server.dsn, max_size=10) as db:
                 await migrate_up(db)
+                await time_wal_flushes(db)
                 # Latency first: the throughput part's 30,000 rows would have autovacuum
                 # running through it.
                 if args.only in (None, "latency"):
