@@ -46,9 +46,10 @@ after its commit), and at the end the bench checks that each one is stored, reco
 ``ai_executions`` and answered by a sent reply. All clocks are CLOCK_MONOTONIC
 (``time.perf_counter``), shared by both processes. The log goes to /dev/null at
 ``--log-level`` (the daemon's default, ``info``, unless told): what the daemon logs per
-message is part of its cost. The machine's load average is printed with the figures, and the
-share of CPU time the hypervisor took away while each phase ran (steal): on a shared machine
-they move with both.
+message is part of its cost. The machine's load average is printed with the figures, the
+share of CPU time the hypervisor took away while each phase ran (steal), and the time a fixed
+piece of Python work took just before the phases (bench/host.py, which also watches how that
+time moves): on a shared machine the figures move with all three.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import http.server
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +71,7 @@ from typing import Any
 
 import attrs
 import trio
+from host import host_speed
 
 from gatewayd.config import Config
 from gatewayd.http.app import collect_less_often
@@ -385,6 +388,8 @@ class LatencyResult:
     baseline: Phase
     measured: Phase
     checks: dict[str, int]
+    #: ``host_speed`` just before the baseline, the median of five (ms; lower is faster).
+    speed: float
 
 
 async def latency(
@@ -490,6 +495,7 @@ async def _latency(
             )
 
         await settle(await inject(args.rate, int(args.warmup * args.rate)))
+        speed = statistics.median(host_speed() for _ in range(5))
         baseline = await phase(args.baseline_rate, args.baseline_seconds)
         measured = await phase(args.rate, args.seconds, wal=True)
         offset = trio.current_time() - time.perf_counter()  # trio's clock is perf_counter + offset
@@ -508,7 +514,7 @@ async def _latency(
         one.not_replied = len(one.injected) - len(complete)
         one.not_handled = len([m for m in one.injected if m not in outcomes])
     checks = await _check_stored(db, [r.id for r in records], list(measured.injected))
-    return LatencyResult(baseline, measured, checks)
+    return LatencyResult(baseline, measured, checks, speed)
 
 
 async def _check_stored(
@@ -539,7 +545,9 @@ def print_latency(result: LatencyResult, args: argparse.Namespace) -> None:
     base, run = result.baseline, result.measured
     print(
         f"agents={args.latency_agents}, AI answers after {args.ai_delay:g} s;"
-        f" load average {run.load:.2f} on {os.cpu_count()} cores"
+        f" load average {run.load:.2f} on {os.cpu_count()} cores; host speed before the"
+        f" phases: {result.speed:.1f} ms for bench/host.py's fixed work (median of 5; lower is"
+        " faster)"
     )
     print(
         "gateway-added latency (ms)                         p50      p99      max"
