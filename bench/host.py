@@ -3,9 +3,9 @@
     .venv/bin/python bench/host.py [--seconds 60]
 
 Once a second, times a fixed piece of pure-Python work (``host_speed``: JSON and hashing,
-about what a message costs the daemon, the best of seven tries) and prints the spread: on a
-dedicated machine the figures stay within a few per cent of each other; on a shared one they
-move with what the neighbours do, and every latency figure taken there moves with them.
+about what a message costs the daemon, the best of seven tries) and prints the spread. Where
+the figures move (a shared host: docs/benchmarks.md measured 2x within 30 s on an idle VM),
+every latency figure taken there moves with them.
 bench/inbound.py prints the same figure just before its phases.
 """
 
